@@ -1,0 +1,3 @@
+from hntseg.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""Cohort discovery in the HNTS-MRG 2024 layout.
+
+    <root>/<id>/preRT/<id>_preRT_T2.nii.gz
+    <root>/<id>/preRT/<id>_preRT_mask.nii.gz
+    <root>/<id>/midRT/<id>_midRT_T2.nii.gz
+    <root>/<id>/midRT/<id>_midRT_mask.nii.gz             (absent on test data)
+    <root>/<id>/midRT/<id>_preRT_T2_registered.nii.gz     (organizers' registration)
+    <root>/<id>/midRT/<id>_preRT_mask_registered.nii.gz
+
+`.mha` files are accepted in place of `.nii.gz`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hntseg.errors import InputError
+from hntseg.io import read_header
+
+# file key -> (sub-folder, file name pattern)
+FILES: dict[str, tuple[str, str]] = {
+    "preRT_T2": ("preRT", "{id}_preRT_T2"),
+    "preRT_mask": ("preRT", "{id}_preRT_mask"),
+    "midRT_T2": ("midRT", "{id}_midRT_T2"),
+    "midRT_mask": ("midRT", "{id}_midRT_mask"),
+    "preRT_T2_registered": ("midRT", "{id}_preRT_T2_registered"),
+    "preRT_mask_registered": ("midRT", "{id}_preRT_mask_registered"),
+}
+DEFAULT_REQUIRED = ("preRT_T2", "preRT_mask", "midRT_T2")
+SUFFIXES = (".nii.gz", ".mha", ".nii")
+
+
+def expected_path(root: str | Path, pid: str, key: str, suffix: str = ".nii.gz") -> Path:
+    """Where file `key` of patient `pid` lives in the layout."""
+    folder, pattern = FILES[key]
+    return Path(root) / pid / folder / (pattern.format(id=pid) + suffix)
+
+
+@dataclass
+class Patient:
+    """One patient of a cohort: its id and the files that exist (None where absent)."""
+
+    id: str
+    root: Path
+    files: dict[str, Path | None] = field(default_factory=dict)
+
+    def get(self, key: str) -> Path | None:
+        return self.files.get(key)
+
+    def has(self, key: str) -> bool:
+        return self.files.get(key) is not None
+
+    def require(self, *keys: str) -> list[Path]:
+        """Paths of the given files, or an InputError naming the first missing one."""
+        out = []
+        for key in keys:
+            path = self.files.get(key)
+            if path is None:
+                raise InputError(
+                    f"{expected_path(self.root, self.id, key)}: missing (patient {self.id})"
+                )
+            out.append(path)
+        return out
+
+
+def _sort_key(pid: str) -> tuple[int, int | str]:
+    return (0, int(pid)) if pid.isdigit() else (1, pid)
+
+
+def discover(
+    root: str | Path,
+    required: Sequence[str] = DEFAULT_REQUIRED,
+    ids: Iterable[str] | None = None,
+    check_readable: bool = True,
+) -> list[Patient]:
+    """List the patients under `root` and, per patient, which files exist.
+
+    A missing `required` file, or an existing file whose header cannot be read, is an
+    InputError naming the path; optional files may be absent.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: cohort folder not found")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    pids = sorted(
+        (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=_sort_key,
+    )
+    if ids is not None:
+        wanted = [str(i) for i in ids]
+        unknown = [i for i in wanted if i not in pids]
+        if unknown:
+            raise InputError(f"{root}: no patient folder for id(s) {', '.join(unknown)}")
+        pids = [p for p in pids if p in set(wanted)]
+    patients = []
+    for pid in pids:
+        files: dict[str, Path | None] = {}
+        for key in FILES:
+            found = None
+            for suffix in SUFFIXES:
+                candidate = expected_path(root, pid, key, suffix)
+                if candidate.is_file():
+                    found = candidate
+                    break
+            if found is not None and check_readable:
+                read_header(found, key)
+            files[key] = found
+        if not any(files.values()):
+            continue  # a folder that is not a patient (e.g. an output folder)
+        patient = Patient(pid, root, files)
+        patient.require(*required)
+        patients.append(patient)
+    if not patients:
+        raise InputError(f"{root}: no patients in the HNTS-MRG layout (<id>/preRT, <id>/midRT)")
+    return patients
+
+
+def shard(items: Sequence, num_parts: int = 1, part_id: int = 0) -> list:
+    """Part `part_id` of `num_parts` (round-robin, nnU-Net's convention) for job arrays."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts)")
+    return list(items[part_id::num_parts])

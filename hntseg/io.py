@@ -1,0 +1,303 @@
+"""Image I/O, grid checks and mask validation shared by every stage.
+
+Conventions: SimpleITK sizes, spacings and origins are (x, y, z); numpy arrays from
+SimpleITK are (z, y, x). Distances are mm. Every write goes to a temporary file in the
+destination folder and is renamed into place, so a killed run leaves no half-written
+output under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from hntseg.errors import InputError
+
+LABELS = (0, 1, 2)  # background, GTVp, GTVn
+LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+_INT_TYPES = {
+    sitk.sitkUInt8,
+    sitk.sitkInt8,
+    sitk.sitkUInt16,
+    sitk.sitkInt16,
+    sitk.sitkUInt32,
+    sitk.sitkInt32,
+    sitk.sitkUInt64,
+    sitk.sitkInt64,
+}
+
+
+def image_suffix(path: str | Path) -> str:
+    """The image extension of a path, double suffixes (.nii.gz) included."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix
+
+
+def strip_suffix(path: str | Path) -> str:
+    """File name without its image extension."""
+    name = Path(path).name
+    return name[: len(name) - len(image_suffix(name))]
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same extension); rename it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=image_suffix(path) or ".tmp",
+                               dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (indented, sorted keys for stable bytes)."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Read JSON, turning a missing or malformed file into a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: malformed {what} ({exc})") from None
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
+    """Write an image atomically; .nii.gz is compressed, output is byte-identical for equal input."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path, what: str = "image") -> sitk.Image:
+    """Read a 3D image; missing, unreadable, non-3D, empty or NaN images are InputErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputError(f"{path}: cannot read {what} ({first})") from None
+    validate_image(image, path, what)
+    return image
+
+
+def validate_image(image: sitk.Image, path: str | Path, what: str = "image") -> None:
+    """3D, scalar, non-empty, finite."""
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: {what} is {image.GetDimension()}D, expected 3D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: {what} has vector pixels, expected a scalar image")
+    if 0 in image.GetSize() or min(image.GetSize()) < 1:
+        raise InputError(f"{path}: {what} is empty (size {image.GetSize()})")
+    if image.GetPixelID() not in _INT_TYPES:
+        arr = sitk.GetArrayViewFromImage(image)
+        if not np.isfinite(arr).all():
+            raise InputError(f"{path}: {what} contains NaN or infinite values")
+
+
+def read_mask(path: str | Path, what: str = "mask") -> sitk.Image:
+    """Read a tumour mask and return it as uint8 after validation."""
+    image = read_image(path, what)
+    return validate_mask(image, path, what)
+
+
+def validate_mask(image: sitk.Image, path: str | Path, what: str = "mask") -> sitk.Image:
+    """Integer type and labels within {0, 1, 2}; returns the mask cast to uint8."""
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: {what} is {image.GetDimension()}D, expected 3D")
+    arr = sitk.GetArrayViewFromImage(image)
+    if image.GetPixelID() not in _INT_TYPES:
+        if not np.isfinite(arr).all():
+            raise InputError(f"{path}: {what} contains NaN or infinite values")
+        if not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"{path}: {what} has non-integer values; expected labels 0, 1, 2")
+    labels = np.unique(arr)
+    bad = [v for v in labels.tolist() if v not in LABELS]
+    if bad:
+        shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in bad[:5])
+        raise InputError(f"{path}: {what} has labels {shown}; allowed are 0, 1, 2")
+    if image.GetPixelID() != sitk.sitkUInt8:
+        image = sitk.Cast(image, sitk.sitkUInt8)
+    return image
+
+
+def read_header(path: str | Path, what: str = "image") -> Grid:
+    """Read only the geometry of an image file (fast)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read {what} (not an image file?)") from None
+    if reader.GetDimension() != 3:
+        raise InputError(f"{path}: {what} is {reader.GetDimension()}D, expected 3D")
+    return Grid(
+        tuple(reader.GetSize()),
+        tuple(reader.GetSpacing()),
+        tuple(reader.GetOrigin()),
+        tuple(reader.GetDirection()),
+    )
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Voxel grid of an image: size, spacing, origin in (x, y, z); direction row-major 3x3."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        return cls(
+            tuple(int(v) for v in image.GetSize()),
+            tuple(float(v) for v in image.GetSpacing()),
+            tuple(float(v) for v in image.GetOrigin()),
+            tuple(float(v) for v in image.GetDirection()),
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """numpy array shape (z, y, x)."""
+        return tuple(reversed(self.size))
+
+    @property
+    def voxel_volume(self) -> float:
+        """mm^3 per voxel."""
+        return float(np.prod(self.spacing))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {
+            "size_xyz": list(self.size),
+            "spacing_xyz_mm": list(self.spacing),
+            "origin_xyz_mm": list(self.origin),
+            "direction": list(self.direction),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Grid:
+        return cls(
+            tuple(int(v) for v in data["size_xyz"]),
+            tuple(float(v) for v in data["spacing_xyz_mm"]),
+            tuple(float(v) for v in data["origin_xyz_mm"]),
+            tuple(float(v) for v in data["direction"]),
+        )
+
+    def reference(self) -> sitk.Image:
+        """An empty uint8 image on this grid, for resampling onto it."""
+        image = sitk.Image([int(v) for v in self.size], sitk.sitkUInt8)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def mismatch(self, other: Grid, tol: float = 1e-4) -> str | None:
+        """Describe how `other` differs from this grid, or None if they match."""
+        if self.size != other.size:
+            return f"size {other.size} != {self.size}"
+        checks = (
+            ("spacing", self.spacing, other.spacing, tol),
+            ("origin", self.origin, other.origin, tol * max(1.0, max(self.spacing))),
+            ("direction", self.direction, other.direction, tol),
+        )
+        for name, a, b, t in checks:
+            if not np.allclose(a, b, rtol=0.0, atol=t):
+                fmt = ", ".join(f"{v:.4g}" for v in b)
+                ref = ", ".join(f"{v:.4g}" for v in a)
+                return f"{name} ({fmt}) != ({ref})"
+        return None
+
+
+def check_same_grid(
+    reference: sitk.Image | Grid,
+    other: sitk.Image | Grid,
+    other_path: str | Path,
+    reference_path: str | Path | None = None,
+    tol: float = 1e-4,
+) -> None:
+    """Raise an InputError naming `other_path` if it is not on the reference grid."""
+    ref = reference if isinstance(reference, Grid) else Grid.of(reference)
+    oth = other if isinstance(other, Grid) else Grid.of(other)
+    problem = ref.mismatch(oth, tol)
+    if problem:
+        against = f" of {reference_path}" if reference_path else ""
+        raise InputError(f"{other_path}: not on the grid{against}: {problem}")
+
+
+def array(image: sitk.Image) -> np.ndarray:
+    """A (z, y, x) numpy copy of the image."""
+    return sitk.GetArrayFromImage(image)
+
+
+def from_array(arr: np.ndarray, like: sitk.Image | Grid) -> sitk.Image:
+    """Wrap a (z, y, x) array as an image on the grid of `like`."""
+    image = sitk.GetImageFromArray(arr)
+    grid = like if isinstance(like, Grid) else Grid.of(like)
+    if tuple(image.GetSize()) != grid.size:
+        raise ValueError(f"array shape {arr.shape} does not match grid size (x,y,z) {grid.size}")
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    return image
+
+
+def resample_to(image: sitk.Image, grid: Grid, nearest: bool, default: float = 0.0) -> sitk.Image:
+    """Resample onto a grid (identity transform): nearest neighbour for labels, B-spline else."""
+    interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkBSpline
+    out_type = image.GetPixelID() if nearest else sitk.sitkFloat32
+    return sitk.Resample(image, grid.reference(), sitk.Transform(), interp, default, out_type)

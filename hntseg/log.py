@@ -1,0 +1,59 @@
+"""Console, logging and progress bars through rich; `--quiet` turns both down."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+log = logging.getLogger("hntseg")
+_state = {"quiet": False}
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Route hntseg's log through rich; quiet shows warnings only and no progress bars."""
+    _state["quiet"] = quiet
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    log.handlers.clear()
+    log.addHandler(RichHandler(console=console, show_path=False, show_time=not quiet))
+    log.setLevel(level)
+    log.propagate = False
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar (none when quiet or not on a terminal)."""
+    items = list(items) if total is None else items
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    if is_quiet() or not console.is_terminal:
+        yield from items
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

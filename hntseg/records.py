@@ -1,0 +1,117 @@
+"""Provenance records and resumability: what a stage did, and whether it is already done.
+
+A record (`*.record.json` beside the outputs) holds the stage, inputs with their
+SHA-256, parameters, seed, versions and outputs. A step is done when its record exists,
+its fingerprint (hash of input contents + parameters) matches, and every output exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hntseg import __version__
+from hntseg.io import read_json, write_json
+
+TRACKED_PACKAGES = (
+    "numpy",
+    "scipy",
+    "SimpleITK",
+    "itk-elastix",
+    "nnunetv2",
+    "torch",
+    "medpy",
+)
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    """Versions of hntseg, Python and the packages that shape results (without importing them)."""
+    out = {"hntseg": __version__, "python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def file_digest(path: str | Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006
+    """SHA-256 of a file's bytes (cached on path, size and mtime within a process)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+def fingerprint(inputs: Mapping[str, str | Path | None], params: Mapping[str, Any]) -> str:
+    """Hash of input file contents and parameters: the identity of a piece of work."""
+    payload = {
+        "inputs": {k: (file_digest(v) if v is not None else None) for k, v in inputs.items()},
+        "params": params,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def case_seed(seed: int, case_id: str, purpose: str = "") -> int:
+    """A per-case seed from the global seed and the case id: independent of the other cases."""
+    digest = hashlib.sha256(f"{seed}:{case_id}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def write_record(
+    path: str | Path,
+    stage: str,
+    inputs: Mapping[str, str | Path | None],
+    params: Mapping[str, Any],
+    outputs: Iterable[str | Path],
+    seed: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a stage record atomically beside its outputs."""
+    record = {
+        "stage": stage,
+        "fingerprint": fingerprint(inputs, params),
+        "inputs": {k: (str(v) if v is not None else None) for k, v in inputs.items()},
+        "input_sha256": {k: (file_digest(v) if v else None) for k, v in inputs.items()},
+        "params": dict(params),
+        "seed": seed,
+        "outputs": [str(p) for p in outputs],
+        "versions": versions(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if extra:
+        record.update(extra)
+    return write_json(path, record)
+
+
+def is_done(
+    record_path: str | Path,
+    inputs: Mapping[str, str | Path | None],
+    params: Mapping[str, Any],
+) -> bool:
+    """True when the record matches these inputs and parameters and all its outputs exist."""
+    record_path = Path(record_path)
+    if not record_path.is_file():
+        return False
+    try:
+        record = read_json(record_path, "record")
+    except Exception:
+        return False
+    if record.get("fingerprint") != fingerprint(inputs, params):
+        return False
+    return all(Path(p).exists() for p in record.get("outputs", []))
