@@ -60,8 +60,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same extension); rename it into place on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=image_suffix(path) or ".tmp",
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=image_suffix(path) or ".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -81,7 +82,9 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically (indented, sorted keys for stable bytes)."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text(
+        path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
 
 
 def _json_default(obj: Any) -> Any:
@@ -106,7 +109,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
-    """Write an image atomically; .nii.gz is compressed, output is byte-identical for equal input."""
+    """Write an image atomically; equal images give identical bytes."""
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
     return Path(path)

@@ -16,7 +16,9 @@ def add(app: typer.Typer) -> None:
         patients: int = typer.Option(4, "--patients", "-n", help="Number of patients (ids 1..N)."),
         seed: int = typer.Option(0, "--seed", help="Global seed; each patient derives its own."),
         size: str = typer.Option(
-            "128x128x32", "--size", help="Pre-RT grid in voxels, X x Y x Z (real median 512x512x75)."
+            "128x128x32",
+            "--size",
+            help="Pre-RT grid, X x Y x Z voxels (real median 512x512x75).",
         ),
         spacing: str | None = typer.Option(
             None,

@@ -1,0 +1,29 @@
+"""Shared fixtures: small synthetic images and a tiny synthetic cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_image(arr: np.ndarray, spacing=(0.5, 0.5, 2.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
+    """A SimpleITK image from a (z, y, x) array with (x, y, z) spacing."""
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """Four synthetic patients at a small size (shared, read-only by convention)."""
+    from hntseg.synth import synth_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    synth_cohort(root, patients=4, seed=0, size=(64, 64, 16))
+    return root

@@ -1,0 +1,72 @@
+"""Cohort discovery in the HNTS-MRG layout."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from hntseg.cohort import FILES, discover, expected_path, shard
+from hntseg.errors import InputError
+
+
+def test_discovers_every_file(tiny_cohort):
+    patients = discover(tiny_cohort)
+    assert [p.id for p in patients] == ["1", "2", "3", "4"]
+    for p in patients:
+        for key in FILES:
+            assert p.get(key) == expected_path(tiny_cohort, p.id, key)
+
+
+def test_optional_files_may_be_absent(tiny_cohort, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "1", root / "1")
+    (root / "1" / "midRT" / "1_midRT_mask.nii.gz").unlink()
+    (root / "1" / "midRT" / "1_preRT_mask_registered.nii.gz").unlink()
+    (patient,) = discover(root)
+    assert not patient.has("midRT_mask") and not patient.has("preRT_mask_registered")
+    with pytest.raises(InputError, match="1_preRT_mask_registered.nii.gz: missing"):
+        patient.require("preRT_mask_registered")
+
+
+def test_missing_required_file_names_path(tiny_cohort, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "2", root / "2")
+    (root / "2" / "midRT" / "2_midRT_T2.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"2/midRT/2_midRT_T2\.nii\.gz: missing"):
+        discover(root)
+
+
+def test_unreadable_file_names_path(tiny_cohort, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "3", root / "3")
+    (root / "3" / "preRT" / "3_preRT_mask.nii.gz").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="3_preRT_mask.nii.gz: cannot read"):
+        discover(root)
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(InputError, match="cohort folder not found"):
+        discover(tmp_path / "nope")
+    with pytest.raises(InputError, match="no patients"):
+        discover(tmp_path)
+
+
+def test_numeric_id_order_and_selection(tiny_cohort, tmp_path):
+    root = tmp_path / "c"
+    for src, dst in (("1", "10"), ("2", "9")):
+        shutil.copytree(tiny_cohort / src, root / dst)
+        for f in (root / dst).rglob(f"{src}_*"):
+            f.rename(f.with_name(dst + f.name[len(src) :]))
+    assert [p.id for p in discover(root)] == ["9", "10"]
+    assert [p.id for p in discover(root, ids=["10"])] == ["10"]
+    with pytest.raises(InputError, match="no patient folder for id"):
+        discover(root, ids=["5"])
+
+
+def test_shard_partitions():
+    items = list(range(10))
+    parts = [shard(items, 3, i) for i in range(3)]
+    assert sorted(sum(parts, [])) == items
+    with pytest.raises(InputError):
+        shard(items, 3, 3)

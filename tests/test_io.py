@@ -1,0 +1,129 @@
+"""Image I/O, grid checks and mask validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_image
+
+from hntseg.errors import InputError
+from hntseg.io import (
+    Grid,
+    array,
+    check_same_grid,
+    from_array,
+    read_image,
+    read_json,
+    read_mask,
+    validate_mask,
+    write_image,
+    write_json,
+)
+
+
+def test_roundtrip_keeps_geometry_and_axis_order(tmp_path):
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # (z, y, x)
+    img = make_image(arr, spacing=(0.5, 0.7, 2.0), origin=(1.0, 2.0, 3.0))
+    path = write_image(img, tmp_path / "a.nii.gz")
+    back = read_image(path)
+    assert back.GetSize() == (6, 5, 4)  # (x, y, z)
+    assert Grid.of(back).shape == (4, 5, 6)
+    assert np.allclose(back.GetSpacing(), (0.5, 0.7, 2.0))
+    assert np.array_equal(array(back), arr)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_write_is_atomic_on_failure(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "x.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+    assert not target.exists()
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.nii\.gz: image not found"):
+        read_image(tmp_path / "nope.nii.gz")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="junk.nii.gz: cannot read"):
+        read_image(junk)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(InputError, match="bad.json: malformed"):
+        read_json(bad)
+
+
+def test_rejects_2d_and_nan(tmp_path):
+    flat = sitk.GetImageFromArray(np.zeros((5, 5), np.float32))
+    sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="2D, expected 3D"):
+        read_image(tmp_path / "flat.nii.gz")
+    arr = np.zeros((3, 4, 5), np.float32)
+    arr[1, 2, 3] = np.nan
+    sitk.WriteImage(make_image(arr), str(tmp_path / "nan.mha"))
+    with pytest.raises(InputError, match=r"nan\.mha: image contains NaN"):
+        read_image(tmp_path / "nan.mha")
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "message"),
+    [
+        ([0, 1, 3], np.uint8, "labels 3"),
+        ([0, 1, 2, 255], np.uint8, "labels 255"),
+        ([0.0, 1.5], np.float32, "non-integer"),
+        ([0.0, np.nan], np.float32, "NaN"),
+    ],
+)
+def test_mask_validation_rejects(values, dtype, message):
+    arr = np.zeros((2, 2, 4), dtype)
+    arr.flat[: len(values)] = values
+    with pytest.raises(InputError, match=message):
+        validate_mask(make_image(arr), "m.nii.gz")
+
+
+def test_mask_validation_accepts_float_and_int_labels(tmp_path):
+    arr = np.zeros((2, 3, 4), np.float32)
+    arr[0, 0, :2] = [1.0, 2.0]
+    sitk.WriteImage(make_image(arr), str(tmp_path / "m.nii.gz"))
+    mask = read_mask(tmp_path / "m.nii.gz")
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(array(mask))) == {0, 1, 2}
+
+
+def _img(size=(6, 5, 4), spacing=(0.5, 0.5, 2.0), origin=(0, 0, 0), direction=None):
+    img = sitk.Image(list(size), sitk.sitkUInt8)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("other", "what"),
+    [
+        (_img(spacing=(0.5, 0.5, 2.5)), "spacing"),
+        (_img(size=(6, 5, 5)), "size"),
+        (_img(origin=(0, 0, 1.0)), "origin"),
+        (_img(direction=(0, 1, 0, 1, 0, 0, 0, 0, 1)), "direction"),
+    ],
+)
+def test_grid_check_rejects_mismatch(other, what):
+    with pytest.raises(InputError, match=rf"other\.nii\.gz: not on the grid.*{what}"):
+        check_same_grid(_img(), other, "other.nii.gz")
+
+
+def test_grid_check_accepts_tiny_float_noise():
+    check_same_grid(_img(), _img(spacing=(0.5 + 1e-7, 0.5, 2.0)), "x")
+
+
+def test_grid_dict_roundtrip_and_from_array():
+    grid = Grid.of(_img(spacing=(0.4, 0.6, 1.2), origin=(1, 2, 3)))
+    assert Grid.from_dict(grid.to_dict()) == grid
+    assert grid.voxel_volume == pytest.approx(0.4 * 0.6 * 1.2)
+    img = from_array(np.ones(grid.shape, np.uint8), grid)
+    assert Grid.of(img) == grid
+    with pytest.raises(ValueError):
+        from_array(np.ones((1, 2, 3), np.uint8), grid)
