@@ -1,0 +1,247 @@
+"""`hntseg evaluate`: challenge-exact DSCagg on real masks, MedPy-equal distances, file
+matching, resampling, bad input and outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import SHARED_DATA, make_image
+from medpy.metric import binary as mb
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from hntseg.cli import app
+from hntseg.errors import InputError
+from hntseg.evaluate import case_id, dscagg, evaluate, find_masks, read_cases_csv
+
+MASKS = SHARED_DATA / "hntsmrg24-masks"
+runner = CliRunner()
+needs_masks = pytest.mark.skipif(
+    not (MASKS / "midRT_mask").is_dir(), reason=f"shared real masks not found at {MASKS}"
+)
+
+
+def write_mask(path: Path, arr: np.ndarray, spacing=(0.5, 0.5, 2.0), origin=(0.0, 0.0, 0.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(make_image(arr.astype(np.uint8), spacing, origin), str(path))
+    return path
+
+
+def one_line_error(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def flat_pair(tmp_path):
+    """Two cases, GT and predictions in flat folders with different naming styles."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[1:4, 3:9, 3:9] = 1
+    gt[2:5, 10:14, 10:14] = 2
+    pred = gt.copy()
+    pred[1, 3:9, 3:9] = 0
+    write_mask(gt_dir / "1_midRT_mask.nii.gz", gt)
+    write_mask(gt_dir / "2.mha", gt)
+    write_mask(pred_dir / "1.nii.gz", pred)
+    write_mask(pred_dir / "2_preRT_mask_registered.nii.gz", gt)
+    return pred_dir, gt_dir, gt, pred
+
+
+# --------------------------------------------------------------------------- golden
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return evaluate(MASKS / "preRT_mask_registered", MASKS / "midRT_mask")
+
+
+@needs_masks
+def test_golden_dscagg_matches_organizers(golden):
+    agg = golden["dscagg"]
+    assert agg["GTVp"] == pytest.approx(0.2251672584272026, abs=1e-9)
+    assert agg["GTVn"] == pytest.approx(0.7249491946997102, abs=1e-9)
+    assert agg["mean"] == pytest.approx(0.4750582265634564, abs=1e-9)
+    p81 = {r["structure"]: r["dsc"] for r in golden["cases"] if r["id"] == "81"}
+    assert p81["GTVp"] == pytest.approx(0.03255813953488372, abs=1e-12)
+    assert p81["GTVn"] == pytest.approx(0.6192130564757211, abs=1e-12)
+    gtvp = golden["structures"]["GTVp"]
+    assert golden["n_cases"] == 15 and gtvp["n_empty_gt"] == 4  # 8, 86, 94, 95
+    assert golden["structures"]["GTVn"]["n_empty_gt"] == 2  # 77, 80
+    # the organizers' conventional mean DSC without empty ground truths
+    assert gtvp["dsc"]["mean_nonempty_gt"] == pytest.approx(0.30642031926335656, abs=1e-12)
+    assert golden["hd95_definition"] == "pooled"
+
+
+@needs_masks
+@pytest.mark.parametrize("pid", ["81", "96"])
+def test_real_masks_distances_equal_medpy(golden, pid):
+    """MedPy reference on a crop of bounding box + 2 voxels, clipped at the image border,
+    which leaves MedPy's answer unchanged (test_metrics.test_crop_does_not_change_medpy)."""
+    gt_img = sitk.ReadImage(str(MASKS / "midRT_mask" / f"{pid}_midRT_mask.nii.gz"))
+    pred_img = sitk.ReadImage(
+        str(MASKS / "preRT_mask_registered" / f"{pid}_preRT_mask_registered.nii.gz")
+    )
+    gt, pred = sitk.GetArrayFromImage(gt_img), sitk.GetArrayFromImage(pred_img)
+    spacing_zyx = gt_img.GetSpacing()[::-1]
+    rows = {r["structure"]: r for r in golden["cases"] if r["id"] == pid}
+    for label, name in ((1, "GTVp"), (2, "GTVn")):
+        p, g = pred == label, gt == label
+        box = ndimage.find_objects((p | g).astype(np.uint8))[0]
+        crop = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
+        hd95 = mb.hd95(p[crop], g[crop], voxelspacing=spacing_zyx)
+        assd = mb.assd(p[crop], g[crop], voxelspacing=spacing_zyx)
+        assert rows[name]["hd95"] == pytest.approx(hd95, abs=1e-6)
+        assert rows[name]["msd"] == pytest.approx(assd, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def test_case_ids_from_file_names():
+    assert case_id("81_midRT_mask.nii.gz") == "81"
+    assert case_id("/x/81_preRT_mask_registered.nii.gz") == "81"
+    assert case_id("7_preRT_mask.mha") == "7"
+    assert case_id("12.mha") == "12"
+    assert case_id("case_3.nii.gz") == "case_3"
+
+
+def test_flat_folders_and_both_layouts(flat_pair, tiny_cohort, tmp_path):
+    pred_dir, gt_dir, gt, pred = flat_pair
+    assert list(find_masks(gt_dir, "ground truth")) == ["1", "2"]
+    res = evaluate(pred_dir, gt_dir)
+    rows = {(r["id"], r["structure"]): r for r in res["cases"]}
+    assert rows[("2", "GTVp")]["dsc"] == 1.0 and rows[("2", "GTVn")]["hd95"] == 0.0
+    assert rows[("1", "GTVp")]["dsc"] == pytest.approx(2 * 72 / (108 + 72))
+    # cohort layout: GT = midRT_mask, predictions = the registered pre-RT masks
+    res = evaluate(tiny_cohort, tiny_cohort)
+    flat = tmp_path / "flatgt"
+    for pid in ("1", "2", "3", "4"):
+        src = tiny_cohort / pid / "midRT" / f"{pid}_midRT_mask.nii.gz"
+        (flat / f"{pid}.nii.gz").parent.mkdir(exist_ok=True)
+        (flat / f"{pid}.nii.gz").write_bytes(src.read_bytes())
+    res_flat = evaluate(tiny_cohort, flat)
+    assert res["n_cases"] == 4
+    assert res["dscagg"] == res_flat["dscagg"]
+
+
+def test_dscagg_rules():
+    """Volumes weigh cases; empty-both adds nothing; a false positive grows the denominator."""
+    rows = [
+        {"structure": "GTVp", "tp_mm3": 10.0, "pred_mm3": 10.0, "gt_mm3": 30.0},
+        {"structure": "GTVp", "tp_mm3": 0.0, "pred_mm3": 0.0, "gt_mm3": 0.0},
+        {"structure": "GTVp", "tp_mm3": 0.0, "pred_mm3": 20.0, "gt_mm3": 0.0},
+        {"structure": "GTVn", "tp_mm3": 0.0, "pred_mm3": 0.0, "gt_mm3": 0.0},
+    ]
+    agg = dscagg(rows)
+    assert agg["GTVp"] == pytest.approx(2 * 10 / 60)
+    assert math.isnan(agg["GTVn"]) and math.isnan(agg["mean"])
+
+
+def test_resampled_when_only_origin_and_size_differ(tmp_path):
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[2:4, 4:10, 4:10] = 1
+    write_mask(tmp_path / "gt" / "5.nii.gz", gt)
+    big = np.zeros((8, 20, 20), np.uint8)
+    big[3:5, 6:12, 6:12] = 1  # same physical place, one slice and two voxels further in
+    write_mask(tmp_path / "pred" / "5.nii.gz", big, origin=(-1.0, -1.0, -2.0))
+    res = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert res["resampled"] == ["5"]
+    assert res["cases"][0]["dsc"] == 1.0 and res["cases"][0]["hd95"] == 0.0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_label_3_is_one_line_error_naming_the_file(flat_pair):
+    pred_dir, gt_dir, gt, pred = flat_pair
+    bad = pred.copy()
+    bad[0, 0, 0] = 3
+    write_mask(pred_dir / "1.nii.gz", bad)
+    line = one_line_error(runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir)]))
+    assert "1.nii.gz" in line and "3" in line
+
+
+def test_different_spacing_is_rejected(flat_pair):
+    pred_dir, gt_dir, gt, pred = flat_pair
+    write_mask(pred_dir / "1.nii.gz", pred, spacing=(0.5, 0.5, 2.5))
+    line = one_line_error(runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir)]))
+    assert "1.nii.gz" in line and "spacing" in line
+
+
+def test_missing_prediction_error_or_empty_with_allow_missing(flat_pair, tmp_path):
+    pred_dir, gt_dir, gt, pred = flat_pair
+    (pred_dir / "2_preRT_mask_registered.nii.gz").unlink()
+    line = one_line_error(runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir)]))
+    assert "patient 2" in line and "2.nii.gz" in line
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["evaluate", str(pred_dir), str(gt_dir), "--allow-missing", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["missing_predictions"] == ["2"]
+    rows = {(r["id"], r["structure"]): r for r in read_cases_csv(out / "cases.csv")}
+    assert rows[("2", "GTVp")]["dsc"] == 0.0 and math.isnan(rows[("2", "GTVp")]["hd95"])
+    # the empty prediction only adds ground-truth volume to the DSCagg denominator
+    assert summary["dscagg"]["GTVn"] == pytest.approx(2 * 48 / (2 * 48 + 48))
+
+
+def test_bad_options_and_folders(flat_pair, tmp_path):
+    pred_dir, gt_dir, *_ = flat_pair
+    line = one_line_error(runner.invoke(app, ["evaluate", str(pred_dir), str(tmp_path / "no")]))
+    assert "not found" in line
+    line = one_line_error(
+        runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--metrics", "dice"])
+    )
+    assert "--metrics" in line
+    line = one_line_error(
+        runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--hd95", "max"])
+    )
+    assert "--hd95" in line
+    write_mask(pred_dir / "1_midRT_mask.nii.gz", np.zeros((6, 16, 16)))
+    with pytest.raises(InputError, match="second prediction file for patient 1"):
+        evaluate(pred_dir, gt_dir)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_cli_outputs_record_and_reuse(flat_pair, tmp_path):
+    pred_dir, gt_dir, *_ = flat_pair
+    out = tmp_path / "out"
+    args = ["evaluate", str(pred_dir), str(gt_dir), "-o", str(out), "--hd95", "directed"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "DSCagg" in result.output and "directed" in result.output
+    with (out / "cases.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == [
+        "id", "structure", "label", "pred_ml", "gt_ml", "intersection_ml",
+        "dsc", "hd95", "msd", "tp", "fp", "fn",
+    ]  # fmt: skip
+    assert len(table) == 4 and table[0]["gt_ml"] == repr(108 * 0.5 / 1000)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hd95_definition"] == "directed"
+    assert set(summary["dscagg"]) == {"GTVp", "GTVn", "mean"}
+    assert summary["structures"]["GTVp"]["dsc"]["n"] == 2
+    assert (out / "evaluate.record.json").is_file()
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    again = evaluate(pred_dir, gt_dir, out, hd95="directed")
+    assert (out / "summary.json").stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert again["dscagg"] == summary["dscagg"] and len(again["cases"]) == 4
+    # only the cheap metrics: distances left empty ("not computed"), not NaN
+    result = runner.invoke(
+        app, ["evaluate", str(pred_dir), str(gt_dir), "-o", str(out), "-m", "dscagg,dsc"]
+    )
+    assert result.exit_code == 0, result.output
+    row = read_cases_csv(out / "cases.csv")[0]
+    assert row["hd95"] is None and row["msd"] is None and row["dsc"] is not None
