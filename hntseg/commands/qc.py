@@ -1,7 +1,75 @@
-"""CLI commands for this stage (filled in by the stage's issue)."""
+"""`hntseg qc`: pictures of the boxes and gradient maps over the T2 and the masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from hntseg.log import console
+
 
 def add(app: typer.Typer) -> None:
-    """Register this module's commands on the app."""
+    @app.command("qc")
+    def qc(
+        t2: Path | None = typer.Argument(None, help="T2 image (single-case form)."),
+        boxes: Path | None = typer.Argument(None, help="boxes.json (single-case form)."),
+        gradmap: Path | None = typer.Argument(None, help="gradient map (single-case form)."),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="PNG file (single case) or a folder (--cohort)."
+        ),
+        mask: list[Path] | None = typer.Option(
+            None, "--mask", help="Single-case form: mask(s) to outline (repeatable)."
+        ),
+        cohort: Path | None = typer.Option(
+            None, "--cohort", help="Cohort: writes OUT/<id>_<phase>_qc.png per case."
+        ),
+        boxes_dir: Path | None = typer.Option(None, "--boxes", help="Cohort form: boxes folder."),
+        gradmaps: Path | None = typer.Option(
+            None, "--gradmaps", help="Cohort form: gradient-map folder (default: --boxes)."
+        ),
+        registered: Path | None = typer.Option(
+            None, "--registered", help="Folder with the registered pre-RT masks (default cohort)."
+        ),
+        phase: list[str] | None = typer.Option(
+            None, "--phase", help="Cohort form: midRT and/or preRT (default midRT)."
+        ),
+        ids: list[str] | None = typer.Option(None, "--ids", help="Cohort form: only these ids."),
+        num_parts: int = typer.Option(1, "--num-parts", help="Split the cohort into K parts."),
+        part_id: int = typer.Option(0, "--part-id", help="Run part I of --num-parts."),
+        force: bool = typer.Option(False, "--force", help="Redraw pictures that exist."),
+    ) -> None:
+        """Per box: T2 slice through its centre with the boxes, masks and the gradient map."""
+        from hntseg.commands.boxes import _ids, _phases
+        from hntseg.errors import InputError
+
+        if cohort is None:
+            if t2 is None or boxes is None or gradmap is None:
+                raise InputError("qc: give T2 BOXES GRADMAP, or --cohort COHORT --boxes DIR")
+            from hntseg.boxes import read_boxes
+            from hntseg.io import Grid, read_image, read_mask, strip_suffix
+            from hntseg.qc import qc_case
+
+            image = read_image(t2, "T2 image")
+            boxset = read_boxes(boxes, Grid.of(image))
+            masks = {strip_suffix(m): read_mask(m) for m in mask or []}
+            qc_case(image, boxset, read_image(gradmap, "gradient map"), masks, out, t2.name)
+            console.print(f"wrote {out}")
+            return
+        if t2 is not None or boxes_dir is None:
+            raise InputError("qc --cohort: give --boxes DIR and no T2/BOXES/GRADMAP arguments")
+        from hntseg.qc import qc_cohort
+
+        written = qc_cohort(
+            cohort,
+            boxes_dir,
+            gradmaps or boxes_dir,
+            out,
+            registered,
+            _ids(ids),
+            _phases(phase) if phase else ("midRT",),
+            num_parts,
+            part_id,
+            force,
+        )
+        console.print(f"QC pictures for {len(written)} case(s) in {out}")

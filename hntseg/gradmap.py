@@ -1,0 +1,183 @@
+"""Gradient map: the method's prior channel, the T2's edge strength inside the tumour boxes.
+
+Method (Ren et al., HNTS-MRG 2024 Task 2), per box: take the T2 crop; min-max normalise
+it; Gaussian gradient magnitude (scipy `gaussian_gradient_magnitude`, sigma = 1 voxel,
+spacing ignored, reflected at the crop edge); min-max rescale to 0-1 within the box (all
+ones if flat); multiply by the gain 2 and clip at 1. 0 outside the boxes; where boxes
+overlap the later box (GTVn after GTVp) overwrites. float32, the T2's geometry.
+
+Only the boxes are computed (crop first), never the whole volume. `context` pads the crop
+by N voxels for the gradient only, so the box edges are not reflection artefacts (not the
+method's default); the rescale still uses the box alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from hntseg.boxes import PHASES, Box, BoxSet, boxes_path, read_boxes, record_path
+from hntseg.errors import InputError, StageError
+from hntseg.io import Grid, from_array, read_image, write_image
+from hntseg.log import log, progress
+
+
+def box_gradient(
+    t2: np.ndarray,
+    box: Box,
+    sigma: float | Sequence[float] = 1.0,
+    gain: float = 2.0,
+    context: int = 0,
+) -> np.ndarray:
+    """The map's values inside one box (float32, the box's (z, y, x) shape).
+
+    `t2` is the whole (z, y, x) array; `sigma` in voxels (a number or one per axis, z, y, x).
+    """
+    shape = np.array(t2.shape)
+    start, stop = np.array(box.start), np.array(box.stop) + 1
+    lo = np.maximum(start - context, 0)
+    hi = np.minimum(stop + context, shape)
+    crop = np.asarray(t2[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], dtype=np.float64)
+    cmin, cmax = crop.min(), crop.max()
+    if cmax > cmin:
+        norm = (crop - cmin) / (cmax - cmin)
+        grad = ndimage.gaussian_gradient_magnitude(norm, sigma=sigma, mode="reflect")
+        inner = grad[tuple(slice(a, b) for a, b in zip(start - lo, stop - lo, strict=True))]
+    else:
+        inner = np.zeros(tuple(stop - start))
+    gmin, gmax = inner.min(), inner.max()
+    if gmax > gmin:
+        scaled = (inner - gmin) / (gmax - gmin)
+    else:
+        scaled = np.ones_like(inner)
+    return np.minimum(scaled * gain, 1.0).astype(np.float32)
+
+
+def gradient_map(
+    t2: sitk.Image,
+    boxes: BoxSet,
+    sigma: float = 1.0,
+    gain: float = 2.0,
+    sigma_mm: float | None = None,
+    context: int = 0,
+) -> sitk.Image:
+    """The gradient map of `t2` inside `boxes` (float32, T2 geometry, 0 outside the boxes).
+
+    sigma is in voxels (the method's, spacing ignored); `sigma_mm` instead gives a physical
+    sigma, converted per axis with the T2 spacing. Boxes are applied in order, later ones
+    overwrite. The boxes' grid must be the T2's grid (InputError otherwise).
+    """
+    where = boxes.source or "boxes"
+    problem = Grid.of(t2).mismatch(boxes.grid)
+    if problem:
+        raise InputError(f"{where}: boxes are not on the grid of the T2: {problem}")
+    if sigma < 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
+        raise InputError("sigma, gain and context must be >= 0 (sigma-mm > 0)")
+    if t2.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("T2: vector image, expected a scalar image")
+    arr = sitk.GetArrayViewFromImage(t2)  # (z, y, x), no copy
+    sig: float | tuple[float, ...] = sigma
+    if sigma_mm is not None:
+        sig = tuple(sigma_mm / s for s in reversed(t2.GetSpacing()))  # (z, y, x) voxels
+    out = np.zeros(arr.shape, np.float32)
+    for box in boxes.boxes:
+        out[box.slices] = box_gradient(arr, box, sig, gain, context)
+    return from_array(out, t2)
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+def gradmap_path(out: str | Path, pid: str, phase: str) -> Path:
+    """OUT/<id>/<id>_<phase>_gradmap.nii.gz (phase midRT or preRT)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r} not in {PHASES}")
+    return Path(out) / pid / f"{pid}_{phase}_gradmap.nii.gz"
+
+
+def gradmap_case(
+    t2_path: str | Path,
+    boxes_file: str | Path,
+    out_path: str | Path,
+    sigma: float = 1.0,
+    gain: float = 2.0,
+    sigma_mm: float | None = None,
+    context: int = 0,
+    force: bool = False,
+) -> bool:
+    """One gradient map file with its record; False when skipped (already done)."""
+    from hntseg.records import is_done, write_record
+
+    t2_path, boxes_file, out_path = Path(t2_path), Path(boxes_file), Path(out_path)
+    inputs = {"t2": t2_path, "boxes": boxes_file}
+    params = {"sigma": sigma, "gain": gain, "sigma_mm": sigma_mm, "context": context}
+    rec = record_path(out_path)
+    if not force and is_done(rec, inputs, params):
+        return False
+    t2 = read_image(t2_path, "T2 image")
+    boxset = read_boxes(boxes_file, Grid.of(t2))
+    if not boxset.boxes:
+        log.warning(f"{boxes_file}: no boxes; the gradient map is all zeros")
+    write_image(gradient_map(t2, boxset, sigma, gain, sigma_mm, context), out_path)
+    write_record(rec, "gradmap", inputs, params, [out_path], extra={"n_boxes": len(boxset.boxes)})
+    return True
+
+
+def gradmap_cohort(
+    cohort: str | Path,
+    boxes: str | Path,
+    out: str | Path,
+    sigma: float = 1.0,
+    gain: float = 2.0,
+    sigma_mm: float | None = None,
+    context: int = 0,
+    ids: Iterable[str] | None = None,
+    phases: Sequence[str] = PHASES,
+    num_parts: int = 1,
+    part_id: int = 0,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Gradient maps for a cohort: `OUT/<id>/<id>_midRT_gradmap.nii.gz` (mid-RT T2 +
+    BOXES/<id>/<id>_midRT_boxes.json) and `_preRT_gradmap.nii.gz` (pre-RT T2 + pre-RT boxes).
+    Returns {"<id>_<phase>": path}; failed cases are logged, then a StageError."""
+    from hntseg.cohort import discover, expected_path, shard
+    from hntseg.errors import HntsegError
+
+    bad = [p for p in phases if p not in PHASES]
+    if bad:
+        raise InputError(f"--phase {bad[0]!r}: expected one of {', '.join(PHASES)}")
+    patients = discover(cohort, required=(), ids=ids)
+    cases = [(p, phase) for p in patients for phase in phases]
+    written: dict[str, Path] = {}
+    failed: list[str] = []
+    skipped = 0
+    for p, phase in progress(shard(cases, num_parts, part_id), "gradmap"):
+        key = f"{phase}_T2"
+        t2_path = p.get(key) or expected_path(cohort, p.id, key)
+        target = gradmap_path(out, p.id, phase)
+        try:
+            ran = gradmap_case(
+                t2_path,
+                boxes_path(boxes, p.id, phase),
+                target,
+                sigma,
+                gain,
+                sigma_mm,
+                context,
+                force,
+            )
+        except HntsegError as exc:
+            log.error(str(exc))
+            failed.append(f"{p.id}_{phase}")
+            continue
+        skipped += not ran
+        written[f"{p.id}_{phase}"] = target
+    if skipped:
+        log.info(f"gradmap: {skipped} case(s) already done (use --force to redo)")
+    if failed:
+        raise StageError(f"gradmap: {len(failed)} case(s) failed: {', '.join(failed)}")
+    return written

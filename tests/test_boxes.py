@@ -1,0 +1,326 @@
+"""Boxes: components, margins, clipping, determinism, file validation, real masks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from hntseg.boxes import (
+    Box,
+    BoxSet,
+    boxes_cohort,
+    boxes_path,
+    find_boxes,
+    parse_margin,
+    read_boxes,
+    write_boxes,
+)
+from hntseg.cli import app
+from hntseg.errors import InputError, StageError
+from hntseg.io import Grid
+from hntseg.log import log
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = SHARED_DATA / "hntsmrg24-masks"
+runner = CliRunner()
+
+
+def make_image(arr, spacing=(0.5, 0.5, 2.0)):
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing(spacing)
+    return image
+
+
+def random_mask(seed: int, shape, density: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    blobs = ndimage.gaussian_filter(rng.random(shape), 1.0) > 0.5 + (0.2 - density) * 0.3
+    return np.where(blobs, rng.integers(1, 3, size=shape), 0).astype(np.uint8)
+
+
+def reference_components(arr: np.ndarray):
+    """(label, first, last, voxels) per 6-connected component, label 1 then 2."""
+    out = []
+    face = ndimage.generate_binary_structure(3, 1)
+    for label in (1, 2):
+        comp, n = ndimage.label(arr == label, structure=face)
+        for i in range(1, n + 1):
+            idx = np.argwhere(comp == i)
+            out.append((label, idx.min(0), idx.max(0), len(idx), comp == i))
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    shape=st.tuples(st.integers(3, 10), st.integers(4, 14), st.integers(4, 14)),
+    density=st.floats(0.0, 0.2),
+    lo=st.integers(0, 4),
+    extra=st.integers(0, 4),
+    box_seed=st.integers(0, 1000),
+)
+def test_box_properties(seed, shape, density, lo, extra, box_seed):
+    arr = random_mask(seed, shape, density)
+    hi = lo + extra
+    boxset = find_boxes(make_image(arr), (lo, hi), seed=box_seed)
+    ref = reference_components(arr)
+    assert len(boxset.boxes) == len(ref)
+    assert boxset.grid.shape == arr.shape
+    for box, (label, first, last, voxels, comp) in zip(boxset.boxes, ref, strict=True):
+        assert box.label == label and box.voxels == voxels
+        # every box contains its component
+        assert comp[box.slices].sum() == voxels
+        # margins in range, applied per side, clipped to the image
+        assert all(lo <= m <= hi for m in (*box.margins_low, *box.margins_high))
+        assert tuple(box.start) == tuple(np.maximum(first - box.margins_low, 0))
+        assert tuple(box.stop) == tuple(np.minimum(last + box.margins_high, np.array(shape) - 1))
+        assert all(0 <= a <= b < n for a, b, n in zip(box.start, box.stop, shape, strict=True))
+        assert box.volume_mm3 == pytest.approx(voxels * 0.5 * 0.5 * 2.0)
+
+
+def test_labels_never_merged_and_order():
+    arr = np.zeros((5, 12, 12), np.uint8)
+    arr[2, 2:5, 2:5] = 2  # GTVn first in raster order
+    arr[2, 5:8, 2:5] = 1  # touching GTVp: separate box
+    arr[2, 9, 9] = 2
+    arr[3, 9, 10] = 2  # diagonal, not face-connected: two components
+    boxes = find_boxes(make_image(arr), 0).boxes
+    assert [(b.label, b.component) for b in boxes] == [(1, 1), (2, 1), (2, 2), (2, 3)]
+    assert boxes[0].start == (2, 5, 2) and boxes[0].stop == (2, 7, 4)
+    assert all(b.margins_low == (0, 0, 0) for b in boxes)
+
+
+def test_fixed_margin_and_clipping():
+    arr = np.zeros((4, 10, 10), np.uint8)
+    arr[1, 1, 5] = 1
+    (box,) = find_boxes(make_image(arr), 3).boxes
+    assert box.start == (0, 0, 2) and box.stop == (3, 4, 8)
+    assert box.margins_low == (3, 3, 3) and box.margins_high == (3, 3, 3)
+
+
+def test_empty_mask_warns_no_error():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log.addHandler(handler)
+    try:
+        boxset = find_boxes(make_image(np.zeros((4, 8, 8), np.uint8)), (2, 6), 0, "empty.nii")
+    finally:
+        log.removeHandler(handler)
+    assert boxset.boxes == []
+    assert any("empty.nii" in r.getMessage() and r.levelno == logging.WARNING for r in records)
+
+
+def test_parse_margin():
+    assert parse_margin("2-6") == (2, 6)
+    assert parse_margin("4") == 4 and parse_margin((3, 3)) == 3
+    for bad in ("6-2", "x", "-1", "1-2-3"):
+        with pytest.raises(InputError):
+            parse_margin(bad)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    arr = random_mask(3, (10, 30, 30), 0.15)
+    image = make_image(arr)
+    paths = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        paths.append(write_boxes(tmp_path / f"{name}.json", find_boxes(image, (2, 6), seed)))
+    a, b, c = (p.read_bytes() for p in paths)
+    assert a == b and a != c
+
+
+def test_roundtrip_and_hand_edited(tmp_path):
+    arr = random_mask(1, (8, 20, 20), 0.15)
+    boxset = find_boxes(make_image(arr), (2, 6), 1, "m.nii.gz")
+    path = write_boxes(tmp_path / "b.json", boxset)
+    back = read_boxes(path, boxset.grid)
+    assert back.boxes == boxset.boxes and back.seed == 1 and back.margin == (2, 6)
+    data = json.loads(path.read_text())
+    assert {"zyx_start", "zyx_stop_inclusive", "margins_drawn_zyx_low"} <= set(data["boxes"][0])
+    data["boxes"].append({"label": 2, "zyx_start": [0, 0, 0], "zyx_stop_inclusive": [1, 2, 3]})
+    path.write_text(json.dumps(data))
+    extra = read_boxes(path).boxes[-1]
+    assert extra == Box(2, (0, 0, 0), (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: "{not json", "malformed boxes file"),
+        (lambda d: {"grid": d["grid"]}, "malformed boxes file"),
+        (lambda d: {**d, "grid": {"size_xyz": [1]}}, "bad 'grid'"),
+        (
+            lambda d: {**d, "boxes": [{**d["boxes"][0], "zyx_stop_inclusive": [0, 0, 99]}]},
+            "outside",
+        ),
+        (lambda d: {**d, "boxes": [{**d["boxes"][0], "label": 3}]}, "label must be"),
+        (lambda d: {**d, "boxes": [{**d["boxes"][0], "zyx_start": [1, 2]}]}, "3 integers"),
+    ],
+)
+def test_read_boxes_rejects_bad_files(tmp_path, edit, message):
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    path = write_boxes(tmp_path / "b.json", find_boxes(make_image(arr), 1))
+    edited = edit(json.loads(path.read_text()))
+    path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(InputError, match=message) as exc:
+        read_boxes(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_read_boxes_other_grid(tmp_path):
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    path = write_boxes(tmp_path / "b.json", find_boxes(make_image(arr), 1))
+    other = Grid((8, 8, 5), (0.5, 0.5, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(InputError, match="another grid"):
+        read_boxes(path, other)
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from hntseg.synth import synth_cohort
+
+    root = tmp_path_factory.mktemp("boxcohort")
+    synth_cohort(root, patients=3, seed=0, size=(40, 40, 10))
+    return root
+
+
+def test_cohort_layout_seeds_and_order(cohort, tmp_path):
+    out_all = tmp_path / "all"
+    written = boxes_cohort(cohort, out_all, margin=(2, 6), seed=3)
+    assert set(written) == {f"{i}_{p}" for i in "123" for p in ("midRT", "preRT")}
+    for pid in "123":
+        mid = read_boxes(boxes_path(out_all, pid, "midRT"))
+        assert mid.source.endswith(f"{pid}_preRT_mask_registered.nii.gz")
+        assert read_boxes(boxes_path(out_all, pid, "preRT")).source.endswith("_preRT_mask.nii.gz")
+        assert (out_all / pid / f"{pid}_midRT_boxes.record.json").is_file()
+    # other case order / subset: identical per-case files
+    out_sub = tmp_path / "sub"
+    boxes_cohort(cohort, out_sub, margin=(2, 6), seed=3, ids=["3", "2"])
+    for pid in "23":
+        for phase in ("midRT", "preRT"):
+            a = boxes_path(out_all, pid, phase).read_bytes()
+            assert a == boxes_path(out_sub, pid, phase).read_bytes()
+    # sharded runs give the same files
+    out_sh = tmp_path / "sh"
+    for part in (0, 1):
+        boxes_cohort(cohort, out_sh, margin=(2, 6), seed=3, num_parts=2, part_id=part)
+    for pid in "123":
+        assert boxes_path(out_all, pid, "preRT").read_bytes() == (
+            boxes_path(out_sh, pid, "preRT").read_bytes()
+        )
+
+
+def test_cohort_skips_done_and_force(cohort, tmp_path):
+    out = tmp_path / "o"
+    boxes_cohort(cohort, out, seed=0, ids=["1"])
+    target = boxes_path(out, "1", "midRT")
+    stamp = target.stat().st_mtime_ns
+    boxes_cohort(cohort, out, seed=0, ids=["1"])
+    assert target.stat().st_mtime_ns == stamp
+    boxes_cohort(cohort, out, seed=0, ids=["1"], force=True)
+    assert target.stat().st_mtime_ns != stamp
+
+
+def test_cohort_missing_registered_mask_fails_case(cohort, tmp_path):
+    reg = tmp_path / "reg"
+    (reg / "1" / "midRT").mkdir(parents=True)
+    src = cohort / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    (reg / "1" / "midRT" / src.name).write_bytes(src.read_bytes())
+    with pytest.raises(StageError, match="2_midRT"):
+        boxes_cohort(cohort, tmp_path / "o", registered=reg, ids=["1", "2"], phases=("midRT",))
+    assert boxes_path(tmp_path / "o", "1", "midRT").is_file()
+
+
+def test_cli_single_and_cohort(cohort, tmp_path):
+    mask = cohort / "1" / "preRT" / "1_preRT_mask.nii.gz"
+    result = runner.invoke(app, ["boxes", str(mask), "--out", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    assert read_boxes(tmp_path / "b.json").margin == (2, 6)
+    result = runner.invoke(
+        app, ["boxes", "--cohort", str(cohort), "--out", str(tmp_path / "o"), "--margin", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert read_boxes(boxes_path(tmp_path / "o", "2", "midRT")).margin == 4
+    for args in (
+        ["boxes", "--out", "x.json"],
+        ["boxes", str(mask), "--out", "x.json", "--margin", "6-2"],
+        ["boxes", str(tmp_path / "none.nii.gz"), "--out", "x.json"],
+    ):
+        result = runner.invoke(app, args)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and "error" in lines[0], result.output
+
+
+# --------------------------------------------------------------------------- real masks
+
+MARGINS = {"0": 0, "2-6": (2, 6), "4": 4}
+
+
+@pytest.fixture(scope="module")
+def real_pairs():
+    if not REAL.is_dir():
+        pytest.skip(f"shared data not found: {REAL}")
+    pairs = {}
+    for path in sorted((REAL / "preRT_mask_registered").glob("*_preRT_mask_registered.nii.gz")):
+        pid = path.name.split("_")[0]
+        reg = sitk.ReadImage(str(path))
+        mid = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(REAL / "midRT_mask" / f"{pid}_midRT_mask.nii.gz"))
+        )
+        idx = np.argwhere(mid > 0)  # (z, y, x) of mid-RT tumour voxels
+        pairs[pid] = (reg, idx, mid[tuple(idx.T)])
+    assert len(pairs) == 15
+    return pairs
+
+
+def _inside(boxset: BoxSet, idx: np.ndarray) -> np.ndarray:
+    inside = np.zeros(len(idx), bool)
+    for b in boxset.boxes:
+        inside |= np.all((idx >= b.start) & (idx <= b.stop), axis=1)
+    return inside
+
+
+def test_real_masks_boxes_cover_mid_rt(real_pairs):
+    fractions = {}
+    per_label = {}
+    for name, margin in MARGINS.items():
+        hit = total = 0
+        lab_hit = {1: 0, 2: 0}
+        lab_total = {1: 0, 2: 0}
+        per_patient = {}
+        for pid, (reg, idx, labels) in real_pairs.items():
+            boxset = find_boxes(reg, margin, seed=0, source=pid)
+            assert boxset.boxes, pid
+            inside = _inside(boxset, idx)
+            per_patient[pid] = inside.mean() if len(idx) else 1.0
+            hit += int(inside.sum())
+            total += len(idx)
+            for label in (1, 2):
+                lab_hit[label] += int(inside[labels == label].sum())
+                lab_total[label] += int((labels == label).sum())
+        fractions[name] = hit / total
+        per_label[name] = {k: lab_hit[k] / lab_total[k] for k in (1, 2)}
+        if name == "0":
+            base = per_patient
+        else:  # never below margin 0, patient by patient
+            assert all(per_patient[p] >= base[p] for p in base)
+    for name in MARGINS:
+        print(
+            f"\nmargin {name}: fraction of mid-RT tumour voxels inside boxes "
+            f"{fractions[name]:.4f} (GTVp {per_label[name][1]:.4f}, GTVn {per_label[name][2]:.4f})"
+        )
+    assert fractions["2-6"] >= fractions["0"] and fractions["4"] >= fractions["0"]
+    assert fractions["0"] > 0.5  # registered pre-RT boxes cover most of the mid-RT tumour
