@@ -1,0 +1,433 @@
+"""`hntseg run` engine, config, sharding, kill-and-resume, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hntseg import pipeline
+from hntseg.cli import app
+from hntseg.errors import InputError
+from hntseg.io import read_json, write_json
+from hntseg.pipeline import Context, Stage, resolve_config, run_pipeline
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def write_cfg(folder: Path, data: dict, name: str = "cfg.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_defaults_are_complete_and_valid():
+    result = runner.invoke(app, ["config", "--defaults"])
+    assert result.exit_code == 0
+    data = yaml.safe_load(result.output)
+    assert result.output == pipeline.default_config_text()
+
+    def keys(d, schema, prefix=""):
+        assert set(d) == set(schema), prefix  # every schema key documented, no extra
+        for k, v in schema.items():
+            if isinstance(v, dict):
+                keys(d[k], v, prefix + k + ".")
+
+    keys(data, pipeline.SCHEMA)
+    assert "#" in result.output  # commented
+
+
+def test_resolve_fills_defaults_and_paths(tmp_path):
+    (tmp_path / "c").mkdir()
+    cfg = resolve_config({"cohort": "c", "boxes": {"margin": 4}}, "x.yaml", base=tmp_path)
+    assert cfg["cohort"] == str(tmp_path / "c")
+    assert cfg["work"] == str(tmp_path / "hntseg_work")
+    assert cfg["boxes"]["margin"] == 4
+    assert cfg["gradmap"]["sigma"] == 1.0 and cfg["train"]["folds"] == [0, 1, 2, 3, 4]
+    cfg = resolve_config({"cohort": "c", "boxes": {"margin": "2-6"}}, "x.yaml", base=tmp_path)
+    assert cfg["boxes"]["margin"] == [2, 6]
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"boxes": {"margin": "abc"}}, "boxes.margin: expected"),
+        ({"boxes": {"marign": 4}}, "boxes.marign: unknown key (did you mean boxes.margin?)"),
+        ({"colour": 1}, "colour: unknown key"),
+        ({"seed": "zero"}, "seed: expected an integer"),
+        ({"seed": True}, "seed: expected an integer"),
+        ({"train": {"folds": 0}}, "train.folds: expected a list of integers"),
+        ({"register": {"method": "ants"}}, "register.method: expected one of elastix"),
+        ({"skip": ["boxez"]}, "skip: expected a list of stage names"),
+        ({"gradmap": 3}, "gradmap: expected a mapping"),
+        ({"dataset": {"channels": ["t2", "x"]}}, "dataset.channels: unknown channel(s) x"),
+        ({"dataset": {"id": 1000}}, "dataset.id: expected an integer in 1..999"),
+        ({"dataset": {"n_folds": 3}}, "train.folds: fold 3 does not exist"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2(tmp_path, data, needle):
+    (tmp_path / "c").mkdir(exist_ok=True)
+    cfg = write_cfg(tmp_path, {"cohort": "c", **data})
+    line = one_line_error(runner.invoke(app, ["run", str(cfg), "--dry-run"]))
+    assert needle in line and str(cfg) in line
+
+
+def test_missing_cohort_and_bad_files_exit_2(tmp_path):
+    cfg = write_cfg(tmp_path, {"cohort": "nowhere"})
+    line = one_line_error(runner.invoke(app, ["run", str(cfg)]))
+    assert "nowhere: cohort folder not found" in line
+    line = one_line_error(runner.invoke(app, ["run", str(tmp_path / "absent.yaml")]))
+    assert "config file not found" in line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cohort: [unclosed\n")
+    assert "not valid YAML" in one_line_error(runner.invoke(app, ["run", str(bad)]))
+    (tmp_path / "c").mkdir()
+    cfg = write_cfg(tmp_path, {"cohort": "c"}, "ok.yaml")
+    line = one_line_error(runner.invoke(app, ["run", str(cfg), "--force", "nonsense"]))
+    assert "--force nonsense: unknown stage" in line
+    line = one_line_error(
+        runner.invoke(app, ["run", str(cfg), "--num-parts", "3", "--part-id", "3"])
+    )
+    assert "--part-id 3" in line
+
+
+# --------------------------------------------------------------------------- engine with fakes
+
+
+def fake_stages(log: list[str], sleep: float = 0.0) -> list[Stage]:
+    """A per-case 'square' stage reading WORK/in/<id>.json, and an aggregate 'total'."""
+
+    def square(ctx: Context) -> None:
+        log.append("square")
+        for pid in ctx.ids(ctx.work / "cohort"):
+            value = read_json(ctx.work / "in" / f"{pid}.json")["v"]
+            time.sleep(sleep)
+            write_json(ctx.work / "sq" / f"{pid}.json", {"v": value**2 + ctx.config["seed"]})
+
+    def total(ctx: Context) -> None:
+        log.append("total")
+        ids = ctx.ids(ctx.work / "cohort")
+        s = sum(read_json(ctx.work / "sq" / f"{pid}.json")["v"] for pid in ids)
+        write_json(ctx.work / "total.json", {"total": s})
+
+    def ids(ctx):
+        return ctx.ids(ctx.work / "cohort")
+
+    return [
+        Stage(
+            "square",
+            square,
+            inputs=lambda ctx: {pid: ctx.work / "in" / f"{pid}.json" for pid in ids(ctx)},
+            outputs=lambda ctx: [ctx.work / "sq" / f"{pid}.json" for pid in ids(ctx)],
+            options=lambda ctx: {"seed": ctx.config["seed"], "ids": ids(ctx)},
+            per_case=True,
+        ),
+        Stage(
+            "total",
+            total,
+            inputs=lambda ctx: {"sq": ctx.work / "sq"},
+            outputs=lambda ctx: [ctx.work / "total.json"],
+            after=("square",),
+        ),
+    ]
+
+
+@pytest.fixture
+def fake_work(tmp_path):
+    """A config whose 'cohort' is five empty patient folders and inputs WORK/in/<id>.json."""
+    work = tmp_path / "w"
+    for pid in range(1, 6):
+        (work / "cohort" / str(pid) / "midRT").mkdir(parents=True)
+        (work / "cohort" / str(pid) / "midRT" / f"{pid}_midRT_T2.nii.gz").write_bytes(b"x")
+        write_json(work / "in" / f"{pid}.json", {"v": pid})
+    cfg = resolve_config({"cohort": str(work / "cohort"), "work": str(work)}, "t", tmp_path)
+    return cfg
+
+
+def statuses(record) -> dict[str, str]:
+    return {s["stage"]: s["status"] for s in record["stages"]}
+
+
+def test_engine_skips_done_work_and_reruns_on_change(fake_work):
+    cfg, calls = fake_work, []
+    work = Path(cfg["work"])
+    record = run_pipeline(cfg, fake_stages(calls))
+    assert statuses(record) == {"square": "ran", "total": "ran"}
+    assert read_json(work / "total.json")["total"] == 55
+    assert (work / ".hntseg/state/square.json").is_file()
+    saved = read_json(work / "run.json")
+    assert saved["status"] == "finished" and saved["versions"]["hntseg"]
+    assert {"SimpleITK", "torch", "nnunetv2", "itk-elastix"} <= set(saved["versions"])
+    assert saved["config"] == cfg and saved["seeds"]["global"] == 0
+    assert saved["device"]["requested"] == "auto" and saved["outputs"]["predictions"]
+    assert all("duration_s" in s for s in saved["stages"])
+
+    calls.clear()
+    record = run_pipeline(cfg, fake_stages(calls))
+    assert calls == [] and statuses(record) == {"square": "skipped", "total": "skipped"}
+
+    # an input's content changes -> the per-case stage and what follows rerun
+    write_json(work / "in" / "3.json", {"v": 10})
+    plan = run_pipeline(cfg, fake_stages(calls), dry_run=True)["plan"]
+    assert plan[0]["action"] == "run" and "inputs changed: 3" in plan[0]["reason"]
+    assert plan[1]["action"] == "run" and "square" in plan[1]["reason"]
+    assert calls == []  # a dry run does nothing
+    run_pipeline(cfg, fake_stages(calls))
+    assert calls == ["square", "total"]
+    assert read_json(work / "total.json")["total"] == 55 - 9 + 100
+
+    # an option changes
+    calls.clear()
+    cfg2 = {**cfg, "seed": 1}
+    plan = run_pipeline(cfg2, fake_stages(calls), dry_run=True)["plan"]
+    assert "options changed: seed" in plan[0]["reason"]
+
+    # an output disappears -> rerun that stage only
+    calls.clear()
+    (work / "total.json").unlink()
+    plan = run_pipeline(cfg, fake_stages(calls), dry_run=True)["plan"]
+    assert plan[0]["action"] == "skip" and "outputs incomplete" in plan[1]["reason"]
+    run_pipeline(cfg, fake_stages(calls))
+    assert calls == ["total"]
+
+    # --force one stage; --only another
+    calls.clear()
+    run_pipeline(cfg, fake_stages(calls), force=["square"])
+    assert calls[0] == "square"
+    calls.clear()
+    record = run_pipeline(cfg, fake_stages(calls), force=["total"], only=["total"])
+    assert calls == ["total"] and statuses(record)["square"] == "skipped"
+
+
+def test_skip_stage_user_supplies_files(fake_work):
+    cfg, calls = {**fake_work, "skip": ["train"]}, []
+    stages = fake_stages(calls)
+    stages[0] = Stage(**{**stages[0].__dict__, "group": "train"})
+    record = run_pipeline(cfg, stages, dry_run=True)
+    assert "you supply" in record["plan"][0]["reason"]
+
+
+def test_failed_stage_recorded_and_state_not_written(fake_work):
+    calls = []
+    stages = fake_stages(calls)
+
+    def boom(ctx):
+        raise InputError("in/3.json: broken")
+
+    stages[1] = Stage(**{**stages[1].__dict__, "run": boom})
+    with pytest.raises(InputError):
+        run_pipeline(fake_work, stages)
+    work = Path(fake_work["work"])
+    saved = read_json(work / "run.json")
+    assert saved["status"] == "failed" and saved["stages"][1]["status"] == "failed"
+    assert not (work / ".hntseg/state/total.json").exists()
+    assert (work / ".hntseg/state/square.json").exists()
+
+
+def test_sharded_fake_stage_union_equals_whole(tmp_path, fake_work):
+    work = Path(fake_work["work"])
+    for part in range(3):
+        record = run_pipeline(fake_work, fake_stages([]), num_parts=3, part_id=part)
+        assert statuses(record) == {"square": "ran", "total": "skipped"}
+        assert (work / f".hntseg/state/square.part{part}of3.json").is_file()
+    sharded = {p.name: p.read_bytes() for p in (work / "sq").iterdir()}
+    assert len(sharded) == 5
+    whole_cfg = {**fake_work, "work": str(tmp_path / "w2")}
+    (tmp_path / "w2").mkdir()
+    os.symlink(work / "cohort", tmp_path / "w2" / "cohort")
+    os.symlink(work / "in", tmp_path / "w2" / "in")
+    run_pipeline(whole_cfg, fake_stages([]))
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "w2" / "sq").iterdir()}
+    assert sharded == whole
+
+
+# --------------------------------------------------------------------------- real stages
+
+
+# left out of the comparison: times, and hashes of inputs whose bytes hold the work folder's
+# absolute path (their contents are compared with the path replaced)
+VOLATILE = {"written", "finished", "started", "duration_s", "runtime_s", "seconds", "elapsed_s"}
+VOLATILE |= {"fingerprint", "input_sha256"}
+
+
+def comparable(work: Path) -> dict[str, object]:
+    """Every output under WORK except run records and state: image bytes, JSON without
+    timestamps/durations and with WORK replaced by a placeholder."""
+    out: dict[str, object] = {}
+    for path in sorted(work.rglob("*")):
+        rel = path.relative_to(work)
+        if not path.is_file() or rel.name.startswith("run."):
+            continue
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # state, and temporary files a kill left (never read as outputs)
+        if path.suffix == ".json":
+            text = path.read_text().replace(str(work), "WORK")
+
+            def strip(obj):
+                if isinstance(obj, dict):
+                    return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
+                if isinstance(obj, list):
+                    return [strip(v) for v in obj]
+                return obj
+
+            out[str(rel)] = strip(json.loads(text))
+        elif path.suffix == ".csv":
+            out[str(rel)] = path.read_text()
+        else:
+            out[str(rel)] = path.read_bytes()
+    return out
+
+
+def real_config(folder: Path, cohort: Path | None = None) -> Path:
+    """A tiny real chain: synth (or a given cohort) -> register (identity) -> boxes ->
+    gradmap -> qc -> build-dataset -> evaluate the registered masks as predictions (no
+    training: nnU-Net's planning and training are tested in tests/test_nnunet*.py and run by
+    `hntseg demo`)."""
+    data = {
+        "work": "work",
+        "register": {"method": "identity"},
+        "skip": ["train", "predict"],
+        "dataset": {"id": 7, "name": "Tiny", "n_folds": 2},
+        "train": {"folds": [0, 1]},
+        "predict": {"out": "work/registered"},
+        "evaluate": {"hd95": "pooled"},
+    }
+    if cohort is None:
+        data["synth"] = {"enabled": True, "patients": 3, "size": [48, 48, 12]}
+    else:
+        data["cohort"] = str(cohort)
+    return write_cfg(folder, data)
+
+
+def hntseg(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hntseg", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        **kw,
+    )
+
+
+def test_killed_run_resumes_to_identical_outputs(tmp_path):
+    whole = real_config(tmp_path / "a")
+    done = hntseg("run", str(whole))
+    assert done.returncode == 0, done.stderr
+    reference = comparable(tmp_path / "a" / "work")
+    assert any(k.endswith("_midRT_gradmap.nii.gz") for k in reference)
+    assert "evaluation/summary.json" in reference
+    assert "nnUNet_raw/Dataset007_Tiny/dataset.json" in reference
+
+    cfg = real_config(tmp_path / "b")
+    work = tmp_path / "b" / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hntseg", "--quiet", "run", str(cfg)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = work / ".hntseg" / "state"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state / "synth.json").exists():
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = sorted(p.stem for p in state.glob("*.json"))
+    assert "synth" in finished_before and "evaluate" not in finished_before, finished_before
+
+    again = hntseg("run", str(cfg))
+    assert again.returncode == 0, again.stderr
+    record = read_json(work / "run.json")
+    status = statuses(record)
+    for name in finished_before:
+        assert status[name] == "skipped", (name, status)
+    assert status["evaluate"] == "ran"
+    assert comparable(work) == reference
+
+    # a third run does nothing
+    third = hntseg("run", str(cfg))
+    assert third.returncode == 0
+    assert set(statuses(read_json(work / "run.json")).values()) == {"skipped"}
+
+
+def test_sharded_per_case_stages_union_equals_whole(tmp_path, tiny_cohort):
+    """The SLURM job-array script, run as 3 array tasks, equals one unsharded run."""
+    whole = real_config(tmp_path / "whole", tiny_cohort)
+    assert hntseg("run", str(whole)).returncode == 0
+    parts = real_config(tmp_path / "parts", tiny_cohort)
+    wrapper = tmp_path / "hntseg.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hntseg "$@"\n')
+    wrapper.chmod(0o755)
+    for part in range(3):
+        env = {**os.environ, "HNTSEG": str(wrapper), "SLURM_ARRAY_TASK_COUNT": "3"}
+        env["SLURM_ARRAY_TASK_ID"] = str(part)
+        res = subprocess.run(
+            ["bash", str(REPO / "examples/slurm/cases.sbatch"), str(parts)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert res.returncode == 0, res.stderr
+        rec = read_json(tmp_path / "parts" / "work" / f"run.part{part}of3.json")
+        assert statuses(rec)["boxes"] == "ran" and statuses(rec)["evaluate"] == "skipped"
+    reference = comparable(tmp_path / "whole" / "work")
+    sharded = comparable(tmp_path / "parts" / "work")
+    per_case = {k: v for k, v in reference.items() if k.split("/")[0] in ("registered", "priors")}
+    assert per_case and {k: sharded.get(k) for k in per_case} == per_case
+    # the final unsharded run completes the aggregate stages and reuses the cases
+    assert hntseg("run", str(parts)).returncode == 0
+    assert comparable(tmp_path / "parts" / "work") == reference
+
+
+def test_demo_config_is_valid_and_labelled_smoke(tmp_path):
+    from hntseg.demo import SMOKE_BANNER, demo_config
+
+    cfg = resolve_config(demo_config(tmp_path / "d"), "demo", tmp_path)
+    assert cfg["synth"]["enabled"] and cfg["device"] == "cpu"
+    assert cfg["train"]["epochs"] * cfg["train"]["iterations_per_epoch"] < 100
+    assert "SMOKE RUN" in SMOKE_BANNER and "expect low Dice" in SMOKE_BANNER
+    plan = run_pipeline(cfg, dry_run=True)["plan"]
+    assert [d["stage"] for d in plan] == (
+        "synth register boxes gradmap qc dataset plan train-fold0 predict evaluate".split()
+    )
+    actions = {d["stage"]: (d["action"], d["reason"]) for d in plan}
+    assert actions.pop("register") == (
+        "skip",
+        "method provided: the _registered files in the cohort are used",
+    )
+    assert all(action == "run" for action, _ in actions.values())
+
+
+@pytest.mark.parametrize("name", ["hntsmrg2024.yaml", "new_clinic.yaml"])
+def test_example_configs_are_valid(tmp_path, name):
+    data = yaml.safe_load((REPO / "examples" / name).read_text())
+    data["cohort"] = str(tmp_path)  # the examples name /data/... folders
+    cfg = resolve_config(data, name, tmp_path)
+    assert cfg["dataset"]["channels"] == ["t2", "gradmap"]
+    assert cfg["train"]["epochs"] == 1000 and cfg["train"]["iterations_per_epoch"] == 250
