@@ -25,6 +25,8 @@ from hntseg.errors import InputError
 LABELS = (0, 1, 2)  # background, GTVp, GTVn
 LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: outputs get the user's usual mode, not mkstemp's 0600
 _INT_TYPES = {
     sitk.sitkUInt8,
     sitk.sitkInt8,
@@ -67,6 +69,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

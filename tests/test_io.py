@@ -34,6 +34,15 @@ def test_roundtrip_keeps_geometry_and_axis_order(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_outputs_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = write_json(tmp_path / "r.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_write_is_atomic_on_failure(tmp_path):
     target = tmp_path / "out.nii.gz"
     with pytest.raises(TypeError):

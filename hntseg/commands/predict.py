@@ -1,7 +1,86 @@
-"""CLI commands for this stage (filled in by the stage's issue)."""
+"""`hntseg ensemble-predict`: trained folds -> uint8 masks on each mid-RT grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from hntseg.log import console
+
 
 def add(app: typer.Typer) -> None:
-    """Register this module's commands on the app."""
+    @app.command("ensemble-predict")
+    def predict_cmd(
+        input: Path | None = typer.Argument(
+            None, help="Cohort folder, or a folder of <case>_0000.nii.gz ... channel files."
+        ),
+        work: Path = typer.Option(..., "--work", help="Work folder with nnUNet_results."),
+        dataset_id: int = typer.Option(..., "--dataset-id", help="nnU-Net dataset id."),
+        out: Path | None = typer.Option(None, "--out", help="Output folder: OUT/<id>.nii.gz."),
+        folds: list[str] = typer.Option(
+            ["0,1,2,3,4"], "--folds", help="Folds to ensemble: 0,1,2,3,4 (or repeat --folds)."
+        ),
+        no_tta: bool = typer.Option(False, "--no-tta", help="Disable mirroring TTA (faster)."),
+        device: str = typer.Option("auto", "--device", help="auto, cuda, cpu or mps."),
+        registered: Path | None = typer.Option(
+            None, "--registered", help="Folder with the registered pre-RT masks (default INPUT)."
+        ),
+        gradmaps: Path | None = typer.Option(
+            None, "--gradmaps", help="Folder with ready mid-RT gradient maps (else computed)."
+        ),
+        margin: int = typer.Option(4, "--margin", help="Fixed box margin (voxels) at inference."),
+        ensemble: str = typer.Option(
+            "softmax", "--ensemble", help="Average the folds' softmax (default) or logits."
+        ),
+        challenge: bool = typer.Option(
+            False, "--challenge", help="Task 2 container mode: .mha inputs under --input-root."
+        ),
+        input_root: Path = typer.Option(Path("/input"), "--input-root", help="Challenge input."),
+        output_root: Path = typer.Option(
+            Path("/output"), "--output-root", help="Challenge output."
+        ),
+        force: bool = typer.Option(False, "--force", help="Predict again even if up to date."),
+    ) -> None:
+        """Ensemble the trained folds (one model load, folds' softmax averaged) on INPUT."""
+        from hntseg.errors import InputError
+        from hntseg.predict import challenge_predict, ensemble_predict
+
+        try:
+            folds = [int(f) for item in folds for f in item.replace(",", " ").split()]
+        except ValueError:
+            raise InputError(
+                f"--folds {' '.join(folds)}: expected fold numbers, e.g. 0,1,2"
+            ) from None
+
+        if challenge:
+            path = challenge_predict(
+                work,
+                dataset_id,
+                input_root,
+                output_root,
+                folds=folds,
+                tta=not no_tta,
+                device=device,
+                margin=margin,
+                ensemble=ensemble,
+            )
+            console.print(f"wrote {path}")
+            return
+        if input is None or out is None:
+            raise InputError("ensemble-predict: give INPUT and --out (or --challenge)")
+        paths = ensemble_predict(
+            input,
+            work,
+            dataset_id,
+            out,
+            folds=folds,
+            tta=not no_tta,
+            device=device,
+            registered=registered,
+            gradmaps=gradmaps,
+            margin=margin,
+            ensemble=ensemble,
+            force=force,
+        )
+        console.print(f"{len(paths)} prediction(s) in {out}")

@@ -1,7 +1,119 @@
-"""CLI commands for this stage (filled in by the stage's issue)."""
+"""`hntseg register`: pre-RT T2 and mask onto the mid-RT grid (elastix), a cohort or one case."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from hntseg.log import console
+
+
+def _ids(values: list[str] | None) -> list[str] | None:
+    return [i for v in values for i in v.replace(",", " ").split()] if values else None
+
 
 def add(app: typer.Typer) -> None:
-    """Register this module's commands on the app."""
+    @app.command("register")
+    def register(
+        cohort: Path | None = typer.Argument(
+            None, help="Cohort (HNTS-MRG layout). Omit for the single-case form (--pre-t2 ...)."
+        ),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="Output folder: OUT/<id>/midRT/<id>_preRT_*_registered.*"
+        ),
+        method: str = typer.Option(
+            "elastix",
+            "--method",
+            help="elastix (rigid + B-spline), provided (the organizers' _registered files) "
+            "or identity (resample without deformation, a baseline).",
+        ),
+        preset: str = typer.Option(
+            "fast", "--preset", help="fast (default) or challenge (the organizers' setup)."
+        ),
+        params: list[Path] | None = typer.Option(
+            None,
+            "--params",
+            help="Your own elastix parameter file(s) instead of the preset's B-spline stage "
+            "(repeat to chain several); the rigid stage still follows --preset.",
+        ),
+        seed: int = typer.Option(0, "--seed", help="Global seed (elastix RandomSeed per case)."),
+        threads: int | None = typer.Option(
+            None, "--threads", help="Threads per case (default: all cores / --workers)."
+        ),
+        workers: int = typer.Option(1, "--workers", "-j", help="Cases in parallel (processes)."),
+        ids: list[str] | None = typer.Option(None, "--ids", help="Cohort form: only these ids."),
+        num_parts: int = typer.Option(1, "--num-parts", help="Split the cohort into K parts."),
+        part_id: int = typer.Option(0, "--part-id", help="Run part I of --num-parts."),
+        force: bool = typer.Option(False, "--force", help="Redo cases that are already done."),
+        pre_t2: Path | None = typer.Option(None, "--pre-t2", help="Single case: pre-RT T2."),
+        pre_mask: Path | None = typer.Option(None, "--pre-mask", help="Single case: pre-RT mask."),
+        mid_t2: Path | None = typer.Option(None, "--mid-t2", help="Single case: mid-RT T2."),
+        mid_mask: Path | None = typer.Option(
+            None, "--mid-mask", help="Single case, optional: mid-RT mask (Dice check only)."
+        ),
+        case_id: str = typer.Option("case", "--id", help="Single case: the id (OUT/<id>/...)."),
+    ) -> None:
+        """Register pre-RT T2 + mask onto the mid-RT grid: rigid (SimpleITK) then elastix
+        B-spline; image B-spline order 3, mask nearest neighbour; a record per case."""
+        from hntseg.errors import InputError
+        from hntseg.register import METHODS, PRESETS, register_case, register_cohort
+
+        if method not in METHODS:
+            raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        if preset not in PRESETS:
+            raise InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        single = any(p is not None for p in (pre_t2, pre_mask, mid_t2))
+        if cohort is not None and single:
+            raise InputError(
+                "give either a COHORT folder or --pre-t2/--pre-mask/--mid-t2, not both"
+            )
+        if cohort is None:
+            if method == "provided":
+                raise InputError("--method provided needs a COHORT (the organizers' files)")
+            missing = [n for n, p in (("--pre-t2", pre_t2), ("--pre-mask", pre_mask),
+                                      ("--mid-t2", mid_t2)) if p is None]  # fmt: skip
+            if missing:
+                raise InputError(f"give a COHORT folder, or all of {', '.join(missing)}")
+            from hntseg.records import case_seed
+
+            result = register_case(
+                pre_t2,
+                pre_mask,
+                mid_t2,  # type: ignore[arg-type]
+                out,
+                case_id,
+                method=method,
+                preset=preset,
+                params=params,
+                seed=case_seed(seed, case_id, "register") & 0x7FFFFFFF,
+                threads=threads,
+                mid_mask=mid_mask,
+                force=force,
+            )
+            results = [result]
+            from hntseg.register import _summary
+
+            console.print(_summary(result))
+        else:
+            results = register_cohort(
+                cohort,
+                out,
+                method=method,
+                preset=preset,
+                params=params,
+                seed=seed,
+                threads=threads,
+                workers=workers,
+                ids=_ids(ids),
+                num_parts=num_parts,
+                part_id=part_id,
+                force=force,
+                raise_on_failure=True,
+            )
+        done = sum(r.status == "ok" for r in results)
+        skipped = sum(r.status == "skipped" for r in results)
+        console.print(
+            f"registered {done} case(s), {skipped} already done, into {out} "
+            f"(method {method}" + (f", preset {preset})" if method == "elastix" else ")")
+        )
