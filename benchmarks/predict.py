@@ -1,0 +1,240 @@
+"""Benchmark: ensemble-predict (5 folds, with / without TTA) beside nnU-Net's nnUNetv2_predict.
+
+No trained model is needed: the benchmark writes a 2-patient cohort at the paper's median
+case size (512x512x75 voxels, 0.5x0.5x2 mm; `--small`: 160x160x24 at 1.5x1.5x6 mm, the
+same field of view), builds the dataset (T2 + gradient map), plans and preprocesses it with
+nnUNetPlannerResEncM (so the network and patch are what nnU-Net plans for that size), and
+saves five UNTRAINED folds (random initialisation, one seed per fold): timing and memory
+do not depend on the weights.
+
+Each variant runs in its own subprocess on the same case: wall seconds (process start,
+model load and one case), peak resident memory of the process tree (ru_maxrss), and on a
+GPU the peak CUDA memory of hntseg's predictor. The nnUNetv2_predict variants read the same
+channel files (mid-RT T2 + the gradient map hntseg computed), with nnU-Net's logit-average
+ensembling; hntseg averages softmax.
+
+    .venv/bin/python benchmarks/predict.py [--small] [--device auto|cpu|cuda] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATASET_ID = 901
+FOLDS = (0, 1, 2, 3, 4)
+
+
+def write_cohort(root: Path, size: tuple[int, int, int], spacing: tuple[float, ...]) -> None:
+    """Two patients: smooth T2 with two bright lesions, masks, registered mask (shifted)."""
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    nx, ny, nz = size
+    z, y, x = np.ogrid[:nz, :ny, :nx]
+    for pid in ("1", "2"):
+        mid, pre = root / pid / "midRT", root / pid / "preRT"
+        mid.mkdir(parents=True, exist_ok=True)
+        pre.mkdir(parents=True, exist_ok=True)
+        noise = ndimage.gaussian_filter(rng.normal(size=(nz, ny, nx)).astype(np.float32), 2)
+        mask = np.zeros((nz, ny, nx), np.uint8)
+        r = nx / 12
+        for label, (cx, cy) in ((1, (0.4, 0.5)), (2, (0.65, 0.55))):
+            d = ((x - cx * nx) / r) ** 2 + ((y - cy * ny) / r) ** 2 + ((z - nz / 2) / (nz / 6)) ** 2
+            mask[d <= 1] = label
+        t2 = (300 + 100 * noise + 250 * (mask > 0)).astype(np.float32)
+        reg = np.roll(mask, 2, axis=2)
+
+        def save(arr, path):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing(spacing)
+            sitk.WriteImage(img, str(path), useCompression=True)
+
+        for phase, folder in (("midRT", mid), ("preRT", pre)):
+            save(t2, folder / f"{pid}_{phase}_T2.nii.gz")
+            save(mask, folder / f"{pid}_{phase}_mask.nii.gz")
+        save(reg, mid / f"{pid}_preRT_mask_registered.nii.gz")
+
+
+def make_model(work: Path, cohort: Path) -> Path:
+    """Dataset + ResEnc M plans + five untrained fold checkpoints (nnUNetTrainer folder)."""
+    from hntseg.dataset import build_dataset
+    from hntseg.nnunet import FULL_TRAINER, PLANS, model_folder, set_environment
+    from hntseg.train import plan_and_preprocess
+
+    build_dataset(cohort, work, DATASET_ID, name="Bench", pre_rt=False, folds=2, seed=0)
+    plan_and_preprocess(work, DATASET_ID, workers=1)
+    paths = set_environment(work, workers=1)
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    name = f"Dataset{DATASET_ID:03d}_Bench"
+    pre = paths.preprocessed / name
+    plans = json.loads((pre / f"{PLANS}.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    folder = model_folder(paths, name, FULL_TRAINER)
+    for fold in FOLDS:
+        torch.manual_seed(fold)
+        fold_plans = {**plans, "continue_training": False}  # nnU-Net 2.8 pops this key
+        trainer = nnUNetTrainer(fold_plans, "3d_fullres", fold, dataset_json, torch.device("cpu"))
+        trainer.initialize()
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets TTA axes
+        (folder / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(str(folder / f"fold_{fold}" / "checkpoint_final.pth"))
+    shutil.copy(pre / f"{PLANS}.json", folder / "plans.json")
+    shutil.copy(pre / "dataset.json", folder / "dataset.json")
+    shutil.copy(pre / "dataset_fingerprint.json", folder / "dataset_fingerprint.json")
+    cfg = plans["configurations"]["3d_fullres"]
+    print(f"model: ResEnc M plans, patch {cfg['patch_size']}, spacing {cfg['spacing']} (z,y,x)")
+    return folder
+
+
+HNTSEG_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from hntseg.predict import ensemble_predict
+t = time.perf_counter()
+ensemble_predict({cohort!r}, {work!r}, {did}, {out!r}, folds={folds!r}, tta={tta},
+                 device={device!r}, ids=["1"], force=True)
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+print("RESULT", json.dumps({{"inner_s": time.perf_counter() - t, "cuda_bytes": cuda}}))
+"""
+
+
+def run_variant(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run one variant in a fresh wrapper process; wall time and the tree's peak RSS."""
+    wrapper = (
+        "import resource, subprocess, sys, time, json\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "sys.stderr.write(p.stderr[-3000:] if p.returncode else '')\n"
+        "inner = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]\n"
+        "print(json.dumps({'rc': p.returncode, 'wall_s': wall, 'rss_kb': rss,"
+        " 'inner': json.loads(inner[-1][7:]) if inner else None}))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env
+    )
+    if p.returncode != 0 or not p.stdout.strip():
+        raise RuntimeError(f"variant failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise RuntimeError(f"variant failed (rc {result['rc']}): {' '.join(cmd)}\n{p.stderr}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="160x160x24 voxels at 1.5x1.5x6 mm")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--keep", type=Path, help="Work folder to keep (default: a temp folder).")
+    ap.add_argument("--skip-nnunet", action="store_true", help="Only hntseg's variants.")
+    args = ap.parse_args()
+
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    size, spacing = (
+        ((160, 160, 24), (1.5, 1.5, 6.0)) if args.small else ((512, 512, 75), (0.5, 0.5, 2.0))
+    )
+    base = args.keep or Path(tempfile.mkdtemp(prefix="hntseg-bench-predict-"))
+    cohort, work = base / "cohort", base / "work"
+    t = time.perf_counter()
+    if not (cohort / "1").is_dir():
+        write_cohort(cohort, size, spacing)
+    make_model(work, cohort)
+    print(f"setup (cohort, plan, preprocess, 5 untrained folds): {time.perf_counter() - t:.0f} s")
+
+    env = dict(os.environ)
+    env.pop("nnUNet_def_n_proc", None)  # nnU-Net's default (8): predict on all CPU threads
+    env.update(
+        {
+            "nnUNet_raw": str(work / "nnUNet_raw"),
+            "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+            "nnUNet_results": str(work / "nnUNet_results"),
+            "nnUNet_n_proc_DA": "1",
+        }
+    )
+    # nnUNetv2_predict's input: the same channel files (T2 + hntseg's cached gradient map)
+    ready = base / "ready"
+    variants = []
+    for tta in (True, False):
+        out = base / f"hntseg_{'tta' if tta else 'notta'}"
+        code = HNTSEG_CHILD.format(
+            root=str(ROOT),
+            cohort=str(cohort),
+            work=str(work),
+            did=DATASET_ID,
+            out=str(out),
+            folds=list(FOLDS),
+            tta=tta,
+            device=device,
+        )
+        variants.append(
+            (
+                f"hntseg ensemble-predict, TTA {'on ' if tta else 'off'}",
+                [sys.executable, "-c", code],
+            )
+        )
+    exe = Path(sys.executable).with_name("nnUNetv2_predict")
+    for tta in (True, False):
+        cmd = [str(exe), "-i", str(ready), "-o", str(base / f"nnunet_{tta}"), "-d", str(DATASET_ID)]
+        cmd += ["-c", "3d_fullres", "-p", "nnUNetResEncUNetMPlans", "-tr", "nnUNetTrainer"]
+        cmd += ["-f", *map(str, FOLDS), "-device", device, "-npp", "1", "-nps", "1"]
+        if not tta:
+            cmd.append("--disable_tta")
+        if not args.skip_nnunet:
+            variants.append((f"nnUNetv2_predict,         TTA {'on ' if tta else 'off'}", cmd))
+
+    label = "GPU" if device == "cuda" else "CPU"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
+    print(
+        f"\n{label} ({name}), 1 case {size[0]}x{size[1]}x{size[2]} voxels at "
+        f"{'x'.join(f'{s:g}' for s in spacing)} mm, 5 folds; seconds include process start "
+        "and model load"
+    )
+    print(
+        f"{'variant':40s} {'wall s':>8s} {'predict s':>10s} {'peak RSS MiB':>13s} "
+        f"{'peak CUDA MiB':>14s}"
+    )
+    for i, (title, cmd) in enumerate(variants):
+        if i == 2:  # hntseg's first run cached the gradient map: give nnU-Net the same files
+            ready.mkdir(exist_ok=True)
+            shutil.copy(cohort / "1" / "midRT" / "1_midRT_T2.nii.gz", ready / "1_0000.nii.gz")
+            cache = base / "hntseg_tta" / ".cache" / "1_midRT_gradmap.nii.gz"
+            shutil.copy(cache, ready / "1_0001.nii.gz")
+        r = run_variant(cmd, env)
+        inner = r["inner"] or {}
+        pred = f"{inner['inner_s']:.1f}" if inner.get("inner_s") else "-"
+        cuda = f"{inner['cuda_bytes'] / 2**20:.0f}" if inner.get("cuda_bytes") else "-"
+        print(f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {r['rss_kb'] / 1024:13.0f} {cuda:>14s}")
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(base / "hntseg_tta" / "1.nii.gz")))
+    if (base / "nnunet_True" / "1.nii.gz").is_file():
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(base / "nnunet_True" / "1.nii.gz")))
+        print(
+            f"voxels differing hntseg vs nnUNetv2_predict (TTA): {int((a != b).sum())} of {a.size}"
+        )
+    if args.keep is None:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

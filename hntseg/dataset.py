@@ -1,0 +1,385 @@
+"""build-dataset: a cohort (+ gradient maps) -> an nnU-Net v2 raw dataset and its 5-fold splits.
+
+Method (Ren et al.): each patient gives two training cases. `<id>_midRT`: mid-RT T2 +
+gradient map from the boxes of the REGISTERED pre-RT mask (random margin, seeded per
+case), label = mid-RT mask. `<id>_preRT`: pre-RT T2 + gradient map from the boxes of its
+own pre-RT mask, label = pre-RT mask (`pre_rt=False` leaves them out). Folds are drawn over
+patients (never split), seeded; a fold validates on its patients' mid-RT cases only and
+trains on the mid-RT and pre-RT cases of the other patients.
+
+Channel sets are a list (see `hntseg.nnunet.CHANNELS`): `t2` (the paper's ablation
+without gradient map), `t2,gradmap` (the paper's), `t2,pre_t2_registered,
+pre_mask_registered` and `t2,gradmap,pre_mask_registered` (top challenge teams). For a
+pre-RT case the "registered pre-RT" channels are the pre-RT T2 / mask themselves: the
+mask channel then equals the label, so leave pre-RT cases out (`pre_rt=False`) for
+channel sets with `pre_mask_registered` unless that is what you want.
+
+Images are hard-linked into the dataset when the file system allows it (else copied),
+never moved or modified; `.mha`/`.nii` inputs are converted to `.nii.gz`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from hntseg.cohort import Patient, discover, expected_path
+from hntseg.errors import InputError
+from hntseg.io import (
+    Grid,
+    check_same_grid,
+    image_suffix,
+    read_header,
+    read_image,
+    read_json,
+    read_mask,
+    write_image,
+    write_json,
+)
+from hntseg.log import log, progress
+from hntseg.nnunet import (
+    CHANNELS,
+    FILE_ENDING,
+    LABELS,
+    Paths,
+    dataset_name,
+    parse_channels,
+)
+from hntseg.records import case_seed, is_done, write_record
+
+RECORD_NAME = "hntseg_dataset.record.json"
+PHASES = ("midRT", "preRT")
+
+
+def case_name(pid: str, phase: str) -> str:
+    """`<id>_midRT` / `<id>_preRT`: the nnU-Net case identifier."""
+    return f"{pid}_{phase}"
+
+
+@dataclass
+class Source:
+    """Where one channel of one case comes from: a file to link, or a gradient map to compute."""
+
+    path: Path | None = None  # an image file to link/convert
+    mask: Path | None = None  # for a computed gradient map: the mask whose boxes are used
+    boxes: Path | None = None  # ... or a ready boxes.json
+    is_mask: bool = False  # validate as a mask
+
+
+@dataclass
+class Case:
+    name: str
+    pid: str
+    phase: str
+    t2: Path
+    label: Path
+    channels: list[Source] = field(default_factory=list)
+
+
+def make_splits(
+    patient_ids: Sequence[str], n_folds: int = 5, seed: int = 0, pre_rt: bool = True
+) -> list[dict[str, list[str]]]:
+    """nnU-Net splits over patients: val = mid-RT cases of the fold's patients, train = the
+    mid-RT (+ pre-RT) cases of the others. Seeded: same ids + seed -> same splits."""
+    ids = sorted(set(patient_ids), key=lambda p: (0, int(p), "") if p.isdigit() else (1, 0, p))
+    if n_folds < 2:
+        raise InputError(f"--folds {n_folds}: need at least 2 folds")
+    if len(ids) < n_folds:
+        raise InputError(f"--folds {n_folds}: only {len(ids)} patient(s); need one per fold")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    groups = np.array_split(order, n_folds)
+    splits = []
+    for group in groups:
+        val_ids = {ids[i] for i in group}
+        train = [
+            case_name(p, ph)
+            for p in ids
+            if p not in val_ids
+            for ph in (PHASES if pre_rt else ("midRT",))
+        ]
+        val = [case_name(p, "midRT") for p in ids if p in val_ids]
+        splits.append({"train": train, "val": val})
+    return splits
+
+
+def _registered_file(reg_root: Path, reg: dict[str, Patient], pid: str, key: str) -> Path:
+    patient = reg.get(pid)
+    path = patient.get(key) if patient else None
+    if path is None:
+        raise InputError(
+            f"{expected_path(reg_root, pid, key)}: missing (patient {pid}; "
+            "register it or pass --registered DIR)"
+        )
+    return path
+
+
+def _ready_file(folder: Path | None, pid: str, phase: str, kind: str) -> Path | None:
+    if folder is None:
+        return None
+    if kind == "gradmap":
+        from hntseg.gradmap import gradmap_path
+
+        path = gradmap_path(folder, pid, phase)
+    else:
+        from hntseg.boxes import boxes_path
+
+        path = boxes_path(folder, pid, phase)
+    return path if path.is_file() else None
+
+
+def plan_cases(
+    cohort: Path,
+    channels: Sequence[str],
+    registered: Path | None = None,
+    gradmaps: Path | None = None,
+    boxes: Path | None = None,
+    pre_rt: bool = True,
+    ids: Iterable[str] | None = None,
+) -> list[Case]:
+    """Every case with the source of each channel; a missing file is an InputError naming it."""
+    required = ["midRT_T2", "midRT_mask"] + (["preRT_T2", "preRT_mask"] if pre_rt else [])
+    patients = discover(cohort, required=required, ids=ids)
+    reg_root = Path(registered) if registered is not None else Path(cohort)
+    if reg_root.resolve() == Path(cohort).resolve():
+        reg = {p.id: p for p in patients}
+    else:
+        reg = {p.id: p for p in discover(reg_root, required=(), check_readable=False)}
+    cases = []
+    for patient in patients:
+        pid = patient.id
+        for phase in PHASES if pre_rt else ("midRT",):
+            t2, label = patient.require(f"{phase}_T2", f"{phase}_mask")
+            case = Case(case_name(pid, phase), pid, phase, t2, label)
+            for ch in channels:
+                if ch == "t2":
+                    src = Source(path=t2)
+                elif ch == "gradmap":
+                    ready = _ready_file(gradmaps, pid, phase, "gradmap")
+                    ready_boxes = _ready_file(boxes, pid, phase, "boxes")
+                    if ready is not None:
+                        src = Source(path=ready)
+                    elif ready_boxes is not None:
+                        src = Source(boxes=ready_boxes)
+                    elif phase == "midRT":
+                        src = Source(
+                            mask=_registered_file(reg_root, reg, pid, "preRT_mask_registered")
+                        )
+                    else:
+                        src = Source(mask=label)
+                elif ch == "pre_t2_registered":
+                    path = (
+                        _registered_file(reg_root, reg, pid, "preRT_T2_registered")
+                        if phase == "midRT"
+                        else t2
+                    )
+                    src = Source(path=path)
+                elif ch == "pre_mask_registered":
+                    path = (
+                        _registered_file(reg_root, reg, pid, "preRT_mask_registered")
+                        if phase == "midRT"
+                        else label
+                    )
+                    src = Source(path=path, is_mask=True)
+                else:  # parse_channels guards this
+                    raise InputError(f"--channels: unknown channel {ch}")
+                case.channels.append(src)
+            cases.append(case)
+    return cases
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link src to dst (replacing dst), copying when linking is not possible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        if dst.exists() and os.path.samefile(src, dst):
+            return "linked"
+        dst.unlink()
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        return "copied"
+
+
+def _place_image(src: Path, dst: Path, grid: Grid, what: str, is_mask: bool = False) -> None:
+    """Validate `src` (grid; labels for masks) and put it at dst: link when already .nii.gz."""
+    if is_mask:
+        image = read_mask(src, what)
+        check_same_grid(grid, image, src)
+        uint8 = sitk.ReadImage(str(src)).GetPixelID() == sitk.sitkUInt8
+        if image_suffix(src) == FILE_ENDING and uint8:
+            link_or_copy(src, dst)
+        else:
+            write_image(image, dst)
+        return
+    check_same_grid(grid, read_header(src, what), src)
+    if image_suffix(src) == FILE_ENDING:
+        link_or_copy(src, dst)
+    else:
+        write_image(read_image(src, what), dst)
+
+
+def _write_case(case: Case, channels: Sequence[str], raw: Path, margin, seed: int) -> None:
+    grid = read_header(case.t2, f"{case.phase} T2")
+    _place_image(case.label, raw / "labelsTr" / f"{case.name}{FILE_ENDING}", grid, "mask", True)
+    for i, (ch, src) in enumerate(zip(channels, case.channels, strict=True)):
+        dst = raw / "imagesTr" / f"{case.name}_{i:04d}{FILE_ENDING}"
+        if src.path is not None:
+            _place_image(src.path, dst, grid, ch, src.is_mask)
+            continue
+        from hntseg.boxes import find_boxes, read_boxes
+        from hntseg.gradmap import gradient_map
+
+        if src.boxes is not None:
+            boxset = read_boxes(src.boxes, grid)
+        else:
+            mask = read_mask(src.mask, "mask for the gradient-map boxes")
+            check_same_grid(grid, mask, src.mask, case.t2)
+            boxset = find_boxes(mask, margin, seed=case_seed(seed, case.name, "boxes"))
+        write_image(gradient_map(read_image(case.t2, "T2"), boxset), dst)
+
+
+def existing_channels(raw_dataset: Path) -> list[str] | None:
+    """The hntseg channel list of an existing raw dataset (None if it has no dataset.json)."""
+    path = raw_dataset / "dataset.json"
+    if not path.is_file():
+        return None
+    data = read_json(path, "dataset.json")
+    chans = data.get("hntseg", {}).get("channels")
+    if chans is None:
+        names = data.get("channel_names", {})
+        chans = [names[k] for k in sorted(names, key=int)]
+    return list(chans)
+
+
+def build_dataset(
+    cohort: str | Path,
+    work: str | Path,
+    dataset_id: int,
+    name: str = "HNTSMRG",
+    channels: str | Sequence[str] | None = None,
+    registered: str | Path | None = None,
+    gradmaps: str | Path | None = None,
+    boxes: str | Path | None = None,
+    pre_rt: bool = True,
+    margin: int | str | tuple[int, int] = (2, 6),
+    seed: int = 0,
+    folds: int = 5,
+    ids: Iterable[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write WORK/nnUNet_raw/DatasetNNN_<name>/ and its splits_final.json; returns the folder.
+
+    Skipped when its record matches (same input bytes and parameters) unless `force`.
+    """
+    from hntseg.boxes import parse_margin
+
+    chans = parse_channels(channels)
+    margin = parse_margin(margin)
+    ds = dataset_name(dataset_id, name)
+    paths = Paths(Path(work))
+    raw, pre = paths.raw / ds, paths.preprocessed / ds
+    if paths.raw.is_dir():
+        for other in paths.raw.glob(f"Dataset{int(dataset_id):03d}_*"):
+            if other.name != ds:
+                raise InputError(
+                    f"{other}: dataset id {dataset_id} is already used by {other.name}; "
+                    "choose another --dataset-id"
+                )
+    have = existing_channels(raw)
+    if have is not None and have != list(chans):
+        raise InputError(
+            f"{raw / 'dataset.json'}: dataset {dataset_id} exists with channels "
+            f"{','.join(have)}, not {','.join(chans)}; choose another --dataset-id"
+        )
+    if "pre_mask_registered" in chans and pre_rt:
+        log.warning(
+            "pre-RT cases get their own pre-RT mask as the registered-mask channel (equal to "
+            "their label); consider --no-pre-rt for this channel set"
+        )
+    cases = plan_cases(
+        Path(cohort),
+        chans,
+        Path(registered) if registered else None,
+        Path(gradmaps) if gradmaps else None,
+        Path(boxes) if boxes else None,
+        pre_rt,
+        ids,
+    )
+    pids = sorted(
+        {c.pid for c in cases}, key=lambda p: (0, int(p), "") if p.isdigit() else (1, 0, p)
+    )
+    splits = make_splits(pids, folds, seed, pre_rt)
+
+    inputs: dict[str, Path | None] = {}
+    for c in cases:
+        inputs[f"{c.name}/t2"] = c.t2
+        inputs[f"{c.name}/label"] = c.label
+        for ch, src in zip(chans, c.channels, strict=True):
+            inputs[f"{c.name}/{ch}"] = src.path or src.boxes or src.mask
+    params = {
+        "channels": list(chans),
+        "name": ds,
+        "pre_rt": pre_rt,
+        "margin": list(margin) if isinstance(margin, tuple) else margin,
+        "seed": seed,
+        "folds": folds,
+    }
+    record = raw / RECORD_NAME
+    dataset_json, splits_json = raw / "dataset.json", pre / "splits_final.json"
+    if not force and is_done(record, inputs, params):
+        log.info(f"{raw}: dataset up to date (use --force to rebuild)")
+        return raw
+
+    expected = set()
+    for c in progress(cases, f"build-dataset {ds}"):
+        _write_case(c, chans, raw, margin, seed)
+        expected.add(f"labelsTr/{c.name}{FILE_ENDING}")
+        expected.update(f"imagesTr/{c.name}_{i:04d}{FILE_ENDING}" for i in range(len(chans)))
+    for sub in ("imagesTr", "labelsTr"):  # files of cases no longer in the cohort
+        for f in (raw / sub).iterdir():
+            if f"{sub}/{f.name}" not in expected:
+                f.unlink()
+
+    write_json(
+        dataset_json,
+        {
+            "channel_names": {str(i): CHANNELS[ch] for i, ch in enumerate(chans)},
+            "labels": LABELS,
+            "numTraining": len(cases),
+            "file_ending": FILE_ENDING,
+            "name": ds,
+            "description": "HNTS-MRG 2024 Task 2 (mid-RT), written by hntseg build-dataset",
+            "hntseg": {
+                "channels": list(chans),
+                "pre_rt": pre_rt,
+                "margin_voxels": params["margin"],
+                "seed": seed,
+            },
+        },
+    )
+    write_json(splits_json, splits)
+    by_patient = [
+        {"train": sorted({c.rsplit("_", 1)[0] for c in s["train"]}), "val": s["val"]}
+        for s in splits
+    ]
+    write_record(
+        record,
+        "build-dataset",
+        inputs,
+        params,
+        [dataset_json, splits_json],
+        seed=seed,
+        extra={"n_cases": len(cases), "n_patients": len(pids), "splits": by_patient},
+    )
+    log.info(f"{raw}: {len(cases)} cases of {len(pids)} patients, channels {','.join(chans)}")
+    return raw

@@ -1,0 +1,179 @@
+"""nnU-Net v2 environment helpers shared by build-dataset, train and ensemble-predict.
+
+nnU-Net reads its folders from environment variables (`nnUNet_raw`, `nnUNet_preprocessed`,
+`nnUNet_results`) and finds custom trainers through `nnUNet_extTrainer`. hntseg sets them
+inside its own process from `--work`, so users never export anything; nnunetv2 2.8 reads
+them lazily (`nnunetv2.paths._EnvPath`), but we still set them before importing it.
+Also: dataset naming (`DatasetNNN_<name>`), the channel sets, device selection and the
+number of data-augmentation workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hntseg.errors import InputError
+
+PLANNER = "nnUNetPlannerResEncM"
+PLANS = "nnUNetResEncUNetMPlans"
+CONFIGURATION = "3d_fullres"
+FULL_TRAINER = "nnUNetTrainer"  # the paper's: 1000 epochs x 250 iterations
+SHORT_TRAINER = "nnUNetTrainerHntsegShort"  # hntseg/trainers/short_trainer.py
+TRAINERS_DIR = Path(__file__).resolve().parent / "trainers"
+FILE_ENDING = ".nii.gz"
+LABELS = {"background": 0, "GTVp": 1, "GTVn": 2}
+
+# channel key -> nnU-Net channel name. nnU-Net picks each channel's normalisation from its
+# name: anything but CT/noNorm/zscore/rescale_to_0_1/rgb_to_0_1 is z-scored (T2 and the
+# gradient map, as in the paper); a registered mask is given as-is ("noNorm").
+CHANNELS: dict[str, str] = {
+    "t2": "T2",
+    "gradmap": "gradmap",
+    "pre_t2_registered": "preRT_T2_registered",
+    "pre_mask_registered": "noNorm",
+}
+DEFAULT_CHANNELS = ("t2", "gradmap")
+CHANNEL_SETS = {
+    "paper": ("t2", "gradmap"),
+    "no-gradmap": ("t2",),
+    "registered-pre": ("t2", "pre_t2_registered", "pre_mask_registered"),
+    "gradmap-mask": ("t2", "gradmap", "pre_mask_registered"),
+}
+
+
+def parse_channels(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """'t2,gradmap' or ['t2', 'gradmap'] or a set name ('paper') -> validated channel keys."""
+    if value is None:
+        return DEFAULT_CHANNELS
+    if isinstance(value, str):
+        if value in CHANNEL_SETS:
+            return CHANNEL_SETS[value]
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        items = [str(v).strip() for part in value for v in str(part).split(",") if v.strip()]
+    if not items:
+        raise InputError("--channels: empty channel list")
+    unknown = [c for c in items if c not in CHANNELS]
+    if unknown:
+        raise InputError(
+            f"--channels: unknown channel(s) {', '.join(unknown)}; "
+            f"known: {', '.join(CHANNELS)} (or a set: {', '.join(CHANNEL_SETS)})"
+        )
+    if items[0] != "t2":
+        raise InputError("--channels: the first channel must be t2 (the mid-RT T2)")
+    if len(set(items)) != len(items):
+        raise InputError(f"--channels: repeated channel in {','.join(items)}")
+    return tuple(items)
+
+
+def dataset_name(dataset_id: int, name: str = "HNTSMRG") -> str:
+    """nnU-Net's folder name: Dataset007_HNTSMRG."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise InputError(f"--dataset-id {dataset_id}: must be 1..999 (nnU-Net's three digits)")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise InputError(f"--name {name!r}: use letters, digits, '-' or '_'")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The three nnU-Net folders under WORK."""
+
+    work: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.work / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.work / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.work / "nnUNet_results"
+
+
+def find_dataset(work: str | Path, dataset_id: int, what: str = "dataset") -> str:
+    """The existing DatasetNNN_* name under WORK/nnUNet_raw (InputError if none or several)."""
+    raw = Paths(Path(work)).raw
+    prefix = f"Dataset{int(dataset_id):03d}_"
+    found = sorted(p.name for p in raw.glob(prefix + "*") if p.is_dir()) if raw.is_dir() else []
+    if not found:
+        raise InputError(
+            f"{raw / (prefix + '*')}: no {what} with id {dataset_id} (run hntseg build-dataset)"
+        )
+    if len(found) > 1:
+        raise InputError(f"{raw}: several datasets with id {dataset_id}: {', '.join(found)}")
+    return found[0]
+
+
+def set_environment(work: str | Path, workers: int | None = None) -> Paths:
+    """Point nnU-Net at WORK (and at hntseg's trainers) in this process; create the folders.
+
+    `workers`: data-augmentation processes (`nnUNet_n_proc_DA`) and nnU-Net's default
+    process count (`nnUNet_def_n_proc`); default from the machine unless already set.
+    """
+    paths = Paths(Path(work).resolve())
+    for folder in (paths.raw, paths.preprocessed, paths.results):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ["nnUNet_raw"] = str(paths.raw)
+    os.environ["nnUNet_preprocessed"] = str(paths.preprocessed)
+    os.environ["nnUNet_results"] = str(paths.results)
+    ext = os.environ.get("nnUNet_extTrainer", "")
+    if str(TRAINERS_DIR) not in ext.split(os.pathsep):
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINERS_DIR), ext) if p)
+    n = default_workers() if workers is None else max(0, int(workers))
+    if workers is not None or "nnUNet_n_proc_DA" not in os.environ:
+        os.environ["nnUNet_n_proc_DA"] = str(n)
+    if workers is not None or "nnUNet_def_n_proc" not in os.environ:
+        os.environ["nnUNet_def_n_proc"] = str(max(1, n))
+    return paths
+
+
+def default_workers() -> int:
+    """Data-augmentation workers for this machine: CPUs minus one for the main process, <= 12."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(12, cpus - 1))
+
+
+def select_device(device: str = "auto") -> Any:
+    """auto -> cuda, else mps, else cpu; an unavailable explicit choice is an InputError."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device not in ("auto", "cuda", "cpu", "mps"):
+        raise InputError(f"--device {device!r}: expected auto, cuda, cpu or mps")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU visible to torch")
+    if device == "mps" and not has_mps:
+        raise InputError("--device mps: Apple MPS is not available")
+    if device == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return torch.device(device)
+
+
+def describe_device(device: Any) -> str:
+    """'cuda (NVIDIA H200)' / 'cpu (16 threads)' / 'mps'."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def model_folder(paths: Paths, name: str, trainer: str, configuration: str = CONFIGURATION) -> Path:
+    """nnUNet_results/DatasetNNN_x/<trainer>__<plans>__<configuration>."""
+    return paths.results / name / f"{trainer}__{PLANS}__{configuration}"

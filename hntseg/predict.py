@@ -1,0 +1,457 @@
+"""ensemble-predict: trained nnU-Net folds -> uint8 masks on each mid-RT grid.
+
+Method (Ren et al.): the five folds' final checkpoints are ensembled on the test cases.
+Inputs per case are the channels the model was trained with (its dataset.json): mid-RT T2,
+the gradient map from the registered pre-RT mask's boxes with a FIXED margin (default 4
+voxels, the middle of the training range 2-6), and/or the registered pre-RT T2 / mask.
+Gradient maps are computed on the fly and cached under OUT/.cache (with records).
+
+One `nnUNetPredictor` is loaded for all cases (all folds' weights in memory). Per case
+nnU-Net preprocesses once; each fold predicts (sliding window, Gaussian weighting, mirror
+TTA unless `tta=False`); the folds' SOFTMAX probabilities are averaged (`ensemble=
+"softmax"`, like `nnUNetv2_ensemble`; `"logits"` averages logits as `nnUNetv2_predict -f
+0 1 2 3 4` does) and resampled back by nnU-Net to the original grid; the argmax is
+written as uint8 with the mid-RT T2's exact geometry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from hntseg.errors import InputError, StageError
+from hntseg.io import (
+    Grid,
+    check_same_grid,
+    image_suffix,
+    read_image,
+    read_json,
+    read_mask,
+    strip_suffix,
+    write_image,
+)
+from hntseg.log import console, log, progress
+from hntseg.nnunet import (
+    CHANNELS,
+    CONFIGURATION,
+    FULL_TRAINER,
+    SHORT_TRAINER,
+    Paths,
+    describe_device,
+    model_folder,
+    select_device,
+    set_environment,
+)
+from hntseg.records import is_done, write_record
+
+CHECKPOINT = "checkpoint_final.pth"
+CHALLENGE_INPUTS = {
+    "t2": "mid-rt-t2w-head-neck",
+    "pre_mask_registered": "registered-pre-rt-head-neck-segmentation",
+    "pre_t2_registered": "registered-pre-rt-head-neck",
+}
+CHALLENGE_OUTPUT = Path("images") / "mri-head-neck-segmentation" / "output.mha"
+
+
+@dataclass
+class PredictCase:
+    """One case to predict: an output id and, per channel, a file (or what to compute)."""
+
+    id: str
+    t2: Path
+    files: dict[str, Path]  # channel -> ready file (gradmap: ready map or mask for the boxes)
+    gradmap_from_mask: bool = False
+
+
+def find_model(
+    work: str | Path,
+    dataset_id: int,
+    folds: Sequence[int],
+    trainer: str | None = None,
+    configuration: str = CONFIGURATION,
+    checkpoint: str = CHECKPOINT,
+) -> Path:
+    """The model folder holding every requested fold's checkpoint (full trainer preferred).
+
+    A fold never trained is a one-line InputError naming the checkpoint it looked for.
+    """
+    paths = Paths(Path(work).resolve())
+    prefix = f"Dataset{int(dataset_id):03d}_"
+    found = (
+        sorted(p.name for p in paths.results.glob(prefix + "*")) if paths.results.is_dir() else []
+    )
+    if not found:
+        raise InputError(
+            f"{paths.results / (prefix + '*')}: no trained model for dataset {dataset_id} "
+            "(run hntseg train)"
+        )
+    name = found[0]
+    trainers = [trainer] if trainer else [FULL_TRAINER, SHORT_TRAINER]
+    folders = [model_folder(paths, name, t, configuration) for t in trainers]
+    for folder in folders:
+        if all((folder / f"fold_{f}" / checkpoint).is_file() for f in folds):
+            return folder
+    best = max(folders, key=lambda d: sum((d / f"fold_{f}" / checkpoint).is_file() for f in folds))
+    missing = [f for f in folds if not (best / f"fold_{f}" / checkpoint).is_file()]
+    f = missing[0]
+    raise InputError(
+        f"{best / f'fold_{f}' / checkpoint}: fold {f} was never trained "
+        f"(run hntseg train --dataset-id {dataset_id} --fold {f})"
+    )
+
+
+def model_channels(folder: Path) -> list[str]:
+    """The hntseg channel keys of a trained model (from its dataset.json)."""
+    data = read_json(folder / "dataset.json", "model dataset.json")
+    chans = data.get("hntseg", {}).get("channels")
+    if chans:
+        return list(chans)
+    names = [data["channel_names"][k] for k in sorted(data["channel_names"], key=int)]
+    reverse = {v: k for k, v in CHANNELS.items()}
+    return [reverse.get(n, n) for n in names]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _ready_cases(folder: Path, channels: Sequence[str]) -> list[PredictCase]:
+    """`<case>_0000.nii.gz`, `_0001`, ... in one folder (nnU-Net's input layout)."""
+    firsts = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and strip_suffix(p).endswith("_0000") and not p.name.startswith(".")
+    )
+    cases = []
+    for first in firsts:
+        case = strip_suffix(first)[: -len("_0000")]
+        suffix = image_suffix(first)
+        files = {}
+        for i, ch in enumerate(channels):
+            path = folder / f"{case}_{i:04d}{suffix}"
+            if not path.is_file():
+                raise InputError(f"{path}: missing channel {i} ({ch}) of case {case}")
+            files[ch] = path
+        out_id = case[: -len("_midRT")] if case.endswith("_midRT") else case
+        cases.append(PredictCase(out_id, files["t2"], files))
+    return cases
+
+
+def _cohort_cases(
+    cohort: Path,
+    channels: Sequence[str],
+    registered: Path | None,
+    gradmaps: Path | None,
+    ids: Iterable[str] | None,
+) -> list[PredictCase]:
+    from hntseg.cohort import discover, expected_path
+
+    patients = discover(cohort, required=("midRT_T2",), ids=ids)
+    reg_root = Path(registered) if registered else cohort
+    if reg_root.resolve() == cohort.resolve():
+        reg = {p.id: p for p in patients}
+    else:
+        reg = {p.id: p for p in discover(reg_root, required=(), check_readable=False)}
+
+    def registered_file(pid: str, key: str) -> Path:
+        path = reg[pid].get(key) if pid in reg else None
+        if path is None:
+            raise InputError(f"{expected_path(reg_root, pid, key)}: missing (patient {pid})")
+        return path
+
+    cases = []
+    for p in patients:
+        (t2,) = p.require("midRT_T2")
+        files: dict[str, Path] = {"t2": t2}
+        from_mask = False
+        for ch in channels:
+            if ch == "gradmap":
+                ready = None
+                if gradmaps is not None:
+                    from hntseg.gradmap import gradmap_path
+
+                    ready = gradmap_path(gradmaps, p.id, "midRT")
+                if ready is not None and ready.is_file():
+                    files[ch] = ready
+                else:
+                    files[ch] = registered_file(p.id, "preRT_mask_registered")
+                    from_mask = True
+            elif ch == "pre_t2_registered":
+                files[ch] = registered_file(p.id, "preRT_T2_registered")
+            elif ch == "pre_mask_registered":
+                files[ch] = registered_file(p.id, "preRT_mask_registered")
+        cases.append(PredictCase(p.id, t2, files, from_mask))
+    return cases
+
+
+def _cached_gradmap(case: PredictCase, t2: sitk.Image, margin: int, cache: Path) -> sitk.Image:
+    """The inference gradient map (fixed margin), cached with a record."""
+    from hntseg.boxes import find_boxes
+    from hntseg.gradmap import gradient_map
+
+    mask_path = case.files["gradmap"]
+    out = cache / f"{case.id}_midRT_gradmap.nii.gz"
+    rec = cache / f"{case.id}_midRT_gradmap.record.json"
+    inputs = {"t2": case.t2, "registered_mask": mask_path}
+    params = {"margin": margin, "sigma": 1.0, "gain": 2.0}
+    if is_done(rec, inputs, params):
+        return sitk.ReadImage(str(out))
+    mask = read_mask(mask_path, "registered pre-RT mask")
+    check_same_grid(t2, mask, mask_path, case.t2)
+    image = gradient_map(t2, find_boxes(mask, margin, seed=None))
+    write_image(image, out)
+    write_record(rec, "gradmap (ensemble-predict)", inputs, params, [out])
+    return image
+
+
+def load_case(
+    case: PredictCase, channels: Sequence[str], margin: int, cache: Path
+) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
+    """(mid-RT T2, channels array (c, z, y, x) float32, nnU-Net image properties)."""
+    t2 = read_image(case.t2, "mid-RT T2")
+    arrays = []
+    for ch in channels:
+        if ch == "t2":
+            image = t2
+        elif ch == "gradmap" and case.gradmap_from_mask:
+            image = _cached_gradmap(case, t2, margin, cache)
+        elif ch == "pre_mask_registered":
+            image = read_mask(case.files[ch], "registered pre-RT mask")
+        else:
+            image = read_image(case.files[ch], ch)
+        check_same_grid(t2, image, case.files.get(ch, case.t2), case.t2)
+        arrays.append(sitk.GetArrayFromImage(image).astype(np.float32))
+    props = {
+        "sitk_stuff": {
+            "spacing": t2.GetSpacing(),
+            "origin": t2.GetOrigin(),
+            "direction": t2.GetDirection(),
+        },
+        "spacing": [abs(s) for s in reversed(t2.GetSpacing())],  # (z, y, x), nnU-Net's order
+    }
+    return t2, np.stack(arrays), props
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Ensemble:
+    """One nnU-Net predictor with every fold loaded; predicts a case, averaging the folds."""
+
+    def __init__(
+        self,
+        folder: Path,
+        folds: Sequence[int],
+        device: Any,
+        tta: bool = True,
+        ensemble: str = "softmax",
+        checkpoint: str = CHECKPOINT,
+        tile_step_size: float = 0.5,
+    ):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        if ensemble not in ("softmax", "logits"):
+            raise InputError(f"ensemble {ensemble!r}: expected softmax or logits")
+        self.ensemble = ensemble
+        self.predictor = nnUNetPredictor(
+            tile_step_size=tile_step_size,
+            use_gaussian=True,
+            use_mirroring=tta,
+            perform_everything_on_device=device.type == "cuda",
+            device=device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+        self.predictor.initialize_from_trained_model_folder(
+            str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint
+        )
+
+    def predict(self, data: np.ndarray, props: dict[str, Any]) -> np.ndarray:
+        """Channels (c, z, y, x) -> label array (z, y, x) uint8 on the input grid."""
+        import torch
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
+
+        p = self.predictor
+        ppa = PreprocessAdapterFromNpy(
+            [data],
+            [None],
+            [props],
+            [None],
+            p.plans_manager,
+            p.dataset_json,
+            p.configuration_manager,
+            num_threads_in_multithreaded=1,
+            verbose=False,
+        )
+        dct = next(ppa)
+        if self.ensemble == "logits" or len(p.list_of_parameters) == 1:
+            logits = p.predict_logits_from_preprocessed_data(dct["data"]).cpu()
+        else:
+            total = None
+            net = getattr(p.network, "_orig_mod", p.network)  # torch.compile'd or not
+            for params in p.list_of_parameters:
+                net.load_state_dict(params)
+                with torch.inference_mode():
+                    fold_logits = p.predict_sliding_window_return_logits(dct["data"]).to("cpu")
+                probs = torch.softmax(fold_logits.float(), dim=0)
+                total = probs if total is None else total.add_(probs)
+            # log of the mean probabilities: nnU-Net's softmax of these gives back the mean
+            logits = torch.log(total / len(p.list_of_parameters)).clamp_(min=-1e4)
+        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits,
+            p.plans_manager,
+            p.configuration_manager,
+            p.label_manager,
+            dct["data_properties"],
+        )
+        return np.asarray(seg).astype(np.uint8)
+
+
+def _write_prediction(seg: np.ndarray, t2: sitk.Image, out_path: Path) -> None:
+    from hntseg.io import from_array
+
+    labels = set(np.unique(seg).tolist())
+    if not labels <= {0, 1, 2}:
+        raise InputError(f"{out_path}: model predicted labels {sorted(labels)}, expected 0/1/2")
+    image = from_array(seg, t2)
+    problem = Grid.of(t2).mismatch(Grid.of(image), tol=0.0)
+    if problem:  # from_array copies the geometry, so this would be a bug
+        raise RuntimeError(f"{out_path}: prediction not on the mid-RT grid: {problem}")
+    write_image(image, out_path)
+
+
+def ensemble_predict(
+    input: str | Path,
+    work: str | Path,
+    dataset_id: int,
+    out: str | Path,
+    folds: Sequence[int] = (0, 1, 2, 3, 4),
+    tta: bool = True,
+    device: str = "auto",
+    registered: str | Path | None = None,
+    gradmaps: str | Path | None = None,
+    margin: int = 4,
+    ids: Iterable[str] | None = None,
+    trainer: str | None = None,
+    ensemble: str = "softmax",
+    cache: str | Path | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Predict every case of INPUT (a cohort, or a folder of `<case>_0000.nii.gz` ...) into
+    OUT/<id>.nii.gz (uint8, mid-RT grid). Cases whose record matches are skipped unless
+    `force`; a failing case is reported and the others go on (StageError at the end)."""
+    if isinstance(margin, bool) or int(margin) < 0:
+        raise InputError(f"--margin {margin}: must be a fixed number of voxels >= 0")
+    margin = int(margin)
+    folds = [int(f) for f in folds]
+    if not folds or len(set(folds)) != len(folds):
+        raise InputError(f"--folds {folds}: give distinct fold numbers")
+    set_environment(work, workers=None)
+    folder = find_model(work, dataset_id, folds, trainer)
+    channels = model_channels(folder)
+    src, out = Path(input), Path(out)
+    if not src.is_dir():
+        raise InputError(f"{src}: input folder not found")
+    ready = any(strip_suffix(p).endswith("_0000") for p in src.iterdir() if p.is_file())
+    if ready:
+        cases = _ready_cases(src, channels)
+    else:
+        cases = _cohort_cases(
+            src,
+            channels,
+            Path(registered) if registered else None,
+            Path(gradmaps) if gradmaps else None,
+            ids,
+        )
+    if not cases:
+        raise InputError(f"{src}: no cases to predict")
+    cache_dir = Path(cache) if cache else out / ".cache"
+    checkpoints = {f"fold{f}": folder / f"fold_{f}" / CHECKPOINT for f in folds}
+    params = {
+        "folds": folds,
+        "tta": tta,
+        "margin": margin,
+        "ensemble": ensemble,
+        "channels": channels,
+        "model": str(folder),
+    }
+    todo = []
+    for case in cases:
+        out_path = out / f"{case.id}.nii.gz"
+        inputs = {**{f"channel/{k}": v for k, v in case.files.items()}, **checkpoints}
+        rec = out / ".records" / f"{case.id}.record.json"
+        if not force and is_done(rec, inputs, params):
+            continue
+        todo.append((case, out_path, inputs, rec))
+    outputs = [out / f"{c.id}.nii.gz" for c in cases]
+    if not todo:
+        log.info(f"{out}: all {len(cases)} predictions up to date")
+        return outputs
+    torch_device = select_device(device)
+    console.print(
+        f"ensemble-predict: device {describe_device(torch_device)}, folds "
+        f"{' '.join(map(str, folds))} of {folder.name}, TTA {'on' if tta else 'off'}"
+    )
+    if SHORT_TRAINER in folder.name:
+        log.warning(f"{folder.name}: a SMOKE-RUN model (short training), not a usable model")
+    model = Ensemble(folder, folds, torch_device, tta, ensemble)
+    failed: list[str] = []
+    for case, out_path, inputs, rec in progress(todo, "ensemble-predict"):
+        try:
+            t2, data, props = load_case(case, channels, margin, cache_dir)
+            seg = model.predict(data, props)
+            _write_prediction(seg, t2, out_path)
+            write_record(rec, "ensemble-predict", inputs, params, [out_path])
+        except InputError as exc:
+            log.error(str(exc))
+            failed.append(f"{case.id}: {exc}")
+    if failed:
+        raise StageError(f"{len(failed)} of {len(todo)} case(s) failed; first: {failed[0]}")
+    return outputs
+
+
+def challenge_predict(
+    work: str | Path,
+    dataset_id: int,
+    input_root: str | Path = "/input",
+    output_root: str | Path = "/output",
+    folds: Sequence[int] = (0, 1, 2, 3, 4),
+    tta: bool = True,
+    device: str = "auto",
+    margin: int = 4,
+    trainer: str | None = None,
+    ensemble: str = "softmax",
+) -> Path:
+    """Task 2 container mode: one patient's .mha inputs under INPUT_ROOT/images/... ->
+    OUTPUT_ROOT/images/mri-head-neck-segmentation/output.mha (uint8, mid-RT grid)."""
+    import tempfile
+
+    set_environment(work, workers=None)
+    folder = find_model(work, dataset_id, folds, trainer)
+    channels = model_channels(folder)
+    images = Path(input_root) / "images"
+    files: dict[str, Path] = {}
+    for ch in ["t2", *channels]:
+        key = "pre_mask_registered" if ch == "gradmap" else ch
+        sub = images / CHALLENGE_INPUTS[key]
+        found = sorted(sub.glob("*.mha")) if sub.is_dir() else []
+        if len(found) != 1:
+            raise InputError(f"{sub}: expected one .mha file, found {len(found)}")
+        files[ch] = found[0]
+    case = PredictCase("output", files["t2"], files, gradmap_from_mask="gradmap" in channels)
+    torch_device = select_device(device)
+    console.print(f"ensemble-predict (challenge): device {describe_device(torch_device)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        t2, data, props = load_case(case, channels, int(margin), Path(tmp))
+    seg = Ensemble(folder, folds, torch_device, tta, ensemble).predict(data, props)
+    out_path = Path(output_root) / CHALLENGE_OUTPUT
+    _write_prediction(seg, t2, out_path)
+    return out_path

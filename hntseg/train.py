@@ -1,0 +1,270 @@
+"""train: plan + preprocess once (nnUNetPlannerResEncM), then train nnU-Net v2 folds in-process.
+
+Method (Ren et al.): nnU-Net v2, planner `nnUNetPlannerResEncM` (plans
+`nnUNetResEncUNetMPlans`), 3d_fullres, SGD lr 0.01 poly 0.9, CE + Dice, 1000 epochs x
+250 iterations, final checkpoint. That is nnU-Net's default `nnUNetTrainer`, used when no
+`epochs` / `iterations_per_epoch` is given. A shorter schedule uses
+`nnUNetTrainerHntsegShort` (hntseg/trainers, found through `nnUNet_extTrainer`) and is
+labelled a SMOKE RUN in the console and in nnU-Net's training log.
+
+nnU-Net's folders are set from WORK inside this process (`hntseg.nnunet.set_environment`),
+and the splits are hntseg's own `splits_final.json` (from build-dataset). Training is not
+bit-reproducible (nnU-Net's augmentation workers and cuDNN are not seeded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from hntseg.errors import InputError
+from hntseg.io import read_json, write_json
+from hntseg.log import console, log
+from hntseg.nnunet import (
+    CONFIGURATION,
+    FULL_TRAINER,
+    PLANNER,
+    PLANS,
+    SHORT_TRAINER,
+    describe_device,
+    find_dataset,
+    model_folder,
+    select_device,
+    set_environment,
+)
+from hntseg.records import is_done, write_record
+
+PREPROCESS_RECORD = "hntseg_preprocess.record.json"
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool) -> Iterator[None]:
+    """nnU-Net prints a lot to stdout; silence it when hntseg runs with --quiet."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def plan_and_preprocess(
+    work: str | Path,
+    dataset_id: int,
+    gpu_memory_target: float | None = None,
+    configuration: str = CONFIGURATION,
+    plans_override: dict[str, Any] | None = None,
+    workers: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Fingerprint, plan (ResEnc M) and preprocess the dataset once; returns the plans file.
+
+    Reused while dataset.json, the build-dataset record and the parameters are unchanged.
+    `plans_override` replaces keys of the configuration in the plans (e.g. a smaller
+    `patch_size` or `batch_size` for tests) before preprocessing.
+    """
+    paths = set_environment(work, workers)
+    name = find_dataset(work, dataset_id)
+    raw, pre = paths.raw / name, paths.preprocessed / name
+    if not (pre / "splits_final.json").is_file():
+        raise InputError(f"{pre / 'splits_final.json'}: missing (run hntseg build-dataset)")
+    plans_file = pre / f"{PLANS}.json"
+    record = pre / PREPROCESS_RECORD
+    from hntseg.dataset import RECORD_NAME
+
+    inputs = {"dataset.json": raw / "dataset.json", "dataset_record": raw / RECORD_NAME}
+    inputs = {k: (v if v.is_file() else None) for k, v in inputs.items()}
+    if inputs["dataset.json"] is None:
+        raise InputError(f"{raw / 'dataset.json'}: missing (run hntseg build-dataset)")
+    params = {
+        "planner": PLANNER,
+        "plans": PLANS,
+        "configuration": configuration,
+        "gpu_memory_target": gpu_memory_target,
+    }
+    # no override given: reuse whatever plans were made (with or without an override)
+    previous = read_json(record, "record").get("plans_override") if record.is_file() else None
+    same_override = plans_override is None or plans_override == previous
+    if not force and same_override and is_done(record, inputs, params):
+        log.info(f"{plans_file}: plans and preprocessed data reused")
+        return plans_file
+    n = int(os.environ.get("nnUNet_def_n_proc", "1"))
+    log.info(f"{name}: fingerprint, plan ({PLANNER}) and preprocess {configuration}")
+    # 0 workers (no augmentation processes) is valid for training, but nnU-Net's planner
+    # uses the same variable for torch.set_num_threads, which needs >= 1
+    da_workers = os.environ.get("nnUNet_n_proc_DA")
+    if da_workers == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        _plan_and_preprocess(
+            int(dataset_id), n, plans_file, configuration, gpu_memory_target, plans_override
+        )
+    finally:
+        if da_workers is not None:
+            os.environ["nnUNet_n_proc_DA"] = da_workers
+    identifier = read_json(plans_file, "nnU-Net plans")["configurations"][configuration]
+    data_folder = pre / identifier.get("data_identifier", f"{PLANS}_{configuration}")
+    write_record(
+        record,
+        "plan-preprocess",
+        inputs,
+        params,
+        [plans_file, data_folder],
+        extra={"plans_override": plans_override},
+    )
+    return plans_file
+
+
+def _plan_and_preprocess(
+    dataset_id: int,
+    n: int,
+    plans_file: Path,
+    configuration: str,
+    gpu_memory_target: float | None,
+    plans_override: dict[str, Any] | None,
+) -> None:
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+
+    from hntseg.log import is_quiet
+
+    with _quiet_stdout(is_quiet()):
+        extract_fingerprints(
+            [dataset_id], num_processes=n, check_dataset_integrity=True, verbose=False
+        )
+        plan_experiments([dataset_id], PLANNER, gpu_memory_target_in_gb=gpu_memory_target)
+        if plans_override:
+            plans = read_json(plans_file, "nnU-Net plans")
+            if configuration not in plans["configurations"]:
+                raise InputError(f"{plans_file}: no configuration {configuration}")
+            plans["configurations"][configuration].update(plans_override)
+            write_json(plans_file, plans)
+        if configuration not in read_json(plans_file, "nnU-Net plans")["configurations"]:
+            raise InputError(f"{plans_file}: nnU-Net planned no {configuration} configuration")
+        preprocess([dataset_id], PLANS, configurations=(configuration,), num_processes=(n,))
+
+
+def _folds(fold: int | str | Sequence[int | str], n_splits: int) -> list[int]:
+    items = [fold] if isinstance(fold, (int, str)) else list(fold)
+    out: list[int] = []
+    for item in items:
+        if str(item) == "all":
+            out.extend(range(n_splits))
+            continue
+        try:
+            f = int(item)
+        except ValueError:
+            raise InputError(f"--fold {item!r}: expected 0..{n_splits - 1} or all") from None
+        if not 0 <= f < n_splits:
+            raise InputError(f"--fold {f}: the splits have folds 0..{n_splits - 1}")
+        out.append(f)
+    return out
+
+
+def train(
+    work: str | Path,
+    dataset_id: int,
+    fold: int | str | Sequence[int | str] = 0,
+    epochs: int | None = None,
+    iterations_per_epoch: int | None = None,
+    val_iterations: int | None = None,
+    device: str = "auto",
+    continue_training: bool = False,
+    gpu_memory_target: float | None = None,
+    configuration: str = CONFIGURATION,
+    final_validation: bool | None = None,
+    plans_override: dict[str, Any] | None = None,
+    workers: int | None = None,
+    seed: int | None = 0,
+    force: bool = False,
+) -> list[Path]:
+    """Plan/preprocess once, then train each fold ("all" = every fold of the splits in turn).
+
+    Returns the fold folders (each with checkpoint_final.pth). A fold that already has its
+    final checkpoint is skipped unless `continue_training` or `force`. Short runs (`epochs`
+    or `iterations_per_epoch` given) skip nnU-Net's final full validation by default.
+    """
+    for value, flag in ((epochs, "--epochs"), (iterations_per_epoch, "--iterations-per-epoch")):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be >= 1")
+    if continue_training and force:
+        raise InputError("--continue and --force: choose one")
+    paths = set_environment(work, workers)
+    name = find_dataset(work, dataset_id)
+    splits = read_json(paths.preprocessed / name / "splits_final.json", "splits_final.json")
+    folds = _folds(fold, len(splits))
+    short = epochs is not None or iterations_per_epoch is not None or val_iterations is not None
+    trainer = SHORT_TRAINER if short else FULL_TRAINER
+    if short:
+        os.environ["HNTSEG_EPOCHS"] = str(epochs or 1000)
+        os.environ["HNTSEG_ITERATIONS"] = str(iterations_per_epoch or 250)
+        os.environ["HNTSEG_VAL_ITERATIONS"] = str(
+            val_iterations if val_iterations is not None else min(50, iterations_per_epoch or 50)
+        )
+        os.environ["HNTSEG_FINAL_VALIDATION"] = "1" if final_validation else "0"
+    torch_device = select_device(device)
+    console.print(f"train: device {describe_device(torch_device)}")
+    if short:
+        console.print(
+            f"[bold yellow]SMOKE RUN[/]: {os.environ['HNTSEG_EPOCHS']} epoch(s) x "
+            f"{os.environ['HNTSEG_ITERATIONS']} iteration(s) ({trainer}); the method trains "
+            "1000 x 250 - not a usable model"
+        )
+    plan_and_preprocess(
+        work, dataset_id, gpu_memory_target, configuration, plans_override, workers, force=False
+    )
+    import numpy as np
+    import torch
+    from nnunetv2.run.run_training import run_training
+
+    from hntseg.log import is_quiet
+
+    out = []
+    for f in folds:
+        fold_dir = model_folder(paths, name, trainer, configuration) / f"fold_{f}"
+        final = fold_dir / "checkpoint_final.pth"
+        if final.is_file() and not (continue_training or force):
+            log.info(f"{final}: fold {f} already trained (use --continue or --force)")
+            out.append(fold_dir)
+            continue
+        if seed is not None:
+            torch.manual_seed(seed + f)
+            np.random.seed((seed + f) % 2**32)  # noqa: NPY002 (nnU-Net uses the global RNG)
+        log.info(f"{name}: training fold {f} ({trainer}, {PLANS}, {configuration})")
+        with _quiet_stdout(is_quiet()):
+            run_training(
+                str(dataset_id),
+                configuration,
+                f,
+                trainer_class_name=trainer,
+                plans_identifier=PLANS,
+                continue_training=continue_training and not force,
+                device=torch_device,
+            )
+        if not final.is_file():
+            raise InputError(f"{final}: nnU-Net finished without a final checkpoint")
+        write_record(
+            fold_dir / "hntseg_train.record.json",
+            "train",
+            {"splits_final.json": paths.preprocessed / name / "splits_final.json"},
+            {
+                "fold": f,
+                "trainer": trainer,
+                "plans": PLANS,
+                "configuration": configuration,
+                "epochs": os.environ.get("HNTSEG_EPOCHS") if short else 1000,
+                "iterations_per_epoch": os.environ.get("HNTSEG_ITERATIONS") if short else 250,
+                "device": torch_device.type,
+                "smoke_run": short,
+            },
+            [final],
+            seed=seed,
+        )
+        console.print(f"fold {f}: {final}")
+        out.append(fold_dir)
+    return out

@@ -1,0 +1,199 @@
+"""build-dataset: channel files, dataset.json, splits over patients; one-line errors (no torch)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from hntseg.cli import app
+from hntseg.dataset import build_dataset, make_splits
+from hntseg.io import Grid, read_mask
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from hntseg.synth import synth_cohort
+
+    root = tmp_path_factory.mktemp("dscohort")
+    synth_cohort(root, patients=5, seed=1, size=(40, 40, 12))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(cohort, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("dswork")
+    build_dataset(cohort, work, 11, folds=5, seed=3)
+    return work
+
+
+def _raw(work: Path, did: int = 11, name: str = "HNTSMRG") -> Path:
+    return work / "nnUNet_raw" / f"Dataset{did:03d}_{name}"
+
+
+def _splits(work: Path, did: int = 11) -> list[dict]:
+    path = work / "nnUNet_preprocessed" / f"Dataset{did:03d}_HNTSMRG" / "splits_final.json"
+    return json.loads(path.read_text())
+
+
+def test_dataset_json_and_channel_files(built, cohort):
+    raw = _raw(built)
+    ds = json.loads((raw / "dataset.json").read_text())
+    assert ds["channel_names"] == {"0": "T2", "1": "gradmap"}
+    assert ds["labels"] == {"background": 0, "GTVp": 1, "GTVn": 2}
+    assert ds["file_ending"] == ".nii.gz"
+    labels = sorted(p.name for p in (raw / "labelsTr").iterdir())
+    assert ds["numTraining"] == len(labels) == 10  # 5 patients x (mid-RT + pre-RT)
+    for label in labels:
+        case = label[: -len(".nii.gz")]
+        pid, phase = case.split("_")
+        t2 = raw / "imagesTr" / f"{case}_0000.nii.gz"
+        gm = raw / "imagesTr" / f"{case}_0001.nii.gz"
+        assert not (raw / "imagesTr" / f"{case}_0002.nii.gz").exists()
+        src_t2 = cohort / pid / phase / f"{pid}_{phase}_T2.nii.gz"
+        assert t2.stat().st_ino == src_t2.stat().st_ino  # hard-linked, not copied or moved
+        assert src_t2.is_file()
+        gmap = sitk.ReadImage(str(gm))
+        assert gmap.GetPixelID() == sitk.sitkFloat32
+        assert Grid.of(gmap) == Grid.of(sitk.ReadImage(str(src_t2)))
+        arr = sitk.GetArrayViewFromImage(gmap)
+        assert arr.min() >= 0 and arr.max() <= 1 and arr.max() > 0
+        read_mask(raw / "labelsTr" / label)
+
+
+def test_splits_over_patients(built):
+    splits = _splits(built)
+    assert len(splits) == 5
+    val_patients = []
+    for s in splits:
+        train_p = {c.split("_")[0] for c in s["train"]}
+        val_p = {c.split("_")[0] for c in s["val"]}
+        assert not train_p & val_p  # never split a patient
+        assert all(c.endswith("_midRT") for c in s["val"])  # validation: mid-RT only
+        assert any(c.endswith("_preRT") for c in s["train"])  # pre-RT cases only in train
+        val_patients.extend(val_p)
+    assert sorted(val_patients) == ["1", "2", "3", "4", "5"]  # each patient validated once
+
+
+def test_same_seed_same_bytes_and_skip(cohort, built, tmp_path):
+    build_dataset(cohort, tmp_path, 11, folds=5, seed=3)
+    a, b = _raw(built), _raw(tmp_path)
+    assert _splits(built) == _splits(tmp_path)
+    for f in sorted((a / "imagesTr").glob("*_0001.nii.gz")):
+        assert f.read_bytes() == (b / "imagesTr" / f.name).read_bytes()
+    stamp = (b / "dataset.json").stat().st_mtime_ns
+    build_dataset(cohort, tmp_path, 11, folds=5, seed=3)  # up to date: skipped
+    assert (b / "dataset.json").stat().st_mtime_ns == stamp
+    assert make_splits(list("12345"), 5, 3) == _splits(built)
+    assert make_splits(list("12345"), 5, 4) != make_splits(list("12345"), 5, 3)
+
+
+def test_channel_sets_and_no_pre_rt(cohort, tmp_path):
+    chans = "t2,pre_t2_registered,pre_mask_registered"
+    build_dataset(cohort, tmp_path, 12, channels=chans, ids=["1", "2"], folds=2)
+    raw = _raw(tmp_path, 12)
+    ds = json.loads((raw / "dataset.json").read_text())
+    assert ds["channel_names"] == {"0": "T2", "1": "preRT_T2_registered", "2": "noNorm"}
+    assert ds["numTraining"] == 4
+    reg = cohort / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    assert (raw / "imagesTr" / "1_midRT_0002.nii.gz").stat().st_ino == reg.stat().st_ino
+    # a pre-RT case's "registered" channels are its own pre-RT T2 and mask
+    own = cohort / "1" / "preRT" / "1_preRT_mask.nii.gz"
+    assert (raw / "imagesTr" / "1_preRT_0002.nii.gz").stat().st_ino == own.stat().st_ino
+
+    build_dataset(cohort, tmp_path, 13, channels="t2", pre_rt=False, folds=5)
+    raw = _raw(tmp_path, 13)
+    ds = json.loads((raw / "dataset.json").read_text())
+    assert ds["channel_names"] == {"0": "T2"} and ds["numTraining"] == 5
+    assert not list((raw / "imagesTr").glob("*_preRT_*"))
+    assert all(not c.endswith("_preRT") for s in _splits(tmp_path, 13) for c in s["train"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 30),
+    folds=st.integers(2, 6),
+    seed=st.integers(0, 2**31),
+    pre_rt=st.booleans(),
+)
+def test_splits_property(n, folds, seed, pre_rt):
+    ids = [str(i) for i in range(1, n + 1)]
+    if n < folds:
+        return
+    splits = make_splits(ids, folds, seed, pre_rt)
+    assert splits == make_splits(list(reversed(ids)), folds, seed, pre_rt)
+    vals = [c.split("_")[0] for s in splits for c in s["val"]]
+    assert sorted(vals) == sorted(ids)
+    sizes = [len(s["val"]) for s in splits]
+    assert max(sizes) - min(sizes) <= 1
+    for s in splits:
+        val = {c.split("_")[0] for c in s["val"]}
+        assert val.isdisjoint(c.split("_")[0] for c in s["train"])
+        assert len(s["train"]) == (n - len(val)) * (2 if pre_rt else 1)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    text = " ".join(result.output.split())
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_missing_registered_mask_is_one_line(cohort, tmp_path):
+    src = tmp_path / "cohort"
+    shutil.copytree(cohort / "2", src / "2")
+    (src / "2" / "midRT" / "2_preRT_mask_registered.nii.gz").unlink()
+    result = runner.invoke(
+        app, ["build-dataset", str(src), "--work", str(tmp_path / "w"), "--dataset-id", "5"]
+    )
+    _one_line_error(result, "2_preRT_mask_registered.nii.gz", "missing")
+    assert not (tmp_path / "w" / "nnUNet_raw" / "Dataset005_HNTSMRG" / "dataset.json").exists()
+
+
+def test_existing_id_with_other_channels_is_one_line(cohort, built):
+    args = ["build-dataset", str(cohort), "--work", str(built), "--dataset-id", "11"]
+    result = runner.invoke(app, [*args, "--channels", "t2", "--seed", "3"])
+    _one_line_error(result, "dataset.json", "t2,gradmap")
+    result = runner.invoke(app, [*args, "--name", "Other"])
+    _one_line_error(result, "Dataset011_HNTSMRG", "already used")
+    result = runner.invoke(app, [*args, "--channels", "t2,bogus"])
+    _one_line_error(result, "bogus")
+
+
+def test_fold_never_trained_is_one_line(built, cohort, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(built / "nnUNet_raw", work / "nnUNet_raw")
+    shutil.copytree(built / "nnUNet_preprocessed", work / "nnUNet_preprocessed")
+    args = ["ensemble-predict", str(cohort), "--work", str(work), "--dataset-id", "11"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p"), "--folds", "0,1"])
+    _one_line_error(result, "no trained model", "hntseg train")
+    model = (
+        work
+        / "nnUNet_results"
+        / "Dataset011_HNTSMRG"
+        / "nnUNetTrainerHntsegShort__nnUNetResEncUNetMPlans__3d_fullres"
+    )
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p"), "--folds", "0,1"])
+    _one_line_error(result, "fold_1", "checkpoint_final.pth", "never trained")
+    result = runner.invoke(app, ["train", "--work", str(work), "--dataset-id", "11", "--fold", "7"])
+    _one_line_error(result, "--fold 7")
+    result = runner.invoke(app, ["train", "--work", str(work), "--dataset-id", "99", "--fold", "0"])
+    _one_line_error(result, "Dataset099_*")
+    assert np.all([p.is_file() for p in (work / "nnUNet_raw").rglob("*.nii.gz")])
