@@ -100,4 +100,22 @@ def where(cfg: dict[str, Any], record: dict[str, Any]) -> str:
                 "  scored on the phantoms fold 0 saw or validated on: a check that every file "
                 "is right, not an accuracy figure"
             )
+    baseline = _baseline(cfg)
+    if baseline:
+        lines.append(f"for reference, the registered pre-RT mask as the prediction: {baseline}")
     return "\n".join(lines)
+
+
+def _baseline(cfg: dict[str, Any]) -> str | None:
+    """DSCagg of the registered pre-RT masks against the mid-RT truth (the method's prior)."""
+    from hntseg.evaluate import evaluate
+
+    work = Path(cfg["work"])
+    registered = work / "registered"
+    pred = registered if registered.is_dir() else Path(cfg["cohort"])
+    try:
+        summary = evaluate(pred, cfg["cohort"], metrics=("dscagg",))
+    except Exception:  # a reference line only; never fail the demo for it
+        return None
+    agg = summary.get("dscagg") or {}
+    return ", ".join(f"{k} {v:.3f}" for k, v in agg.items() if isinstance(v, float)) or None

@@ -113,6 +113,8 @@ def make_patient(rng: np.random.Generator, fov: tuple[float, float, float]) -> P
         centre = (rng.uniform(-12, 12), rng.uniform(-22, -8), rng.uniform(-0.15, 0.15) * fz)
         tumours.append(_tumour(rng, 1, centre, vol, factor))
     n_nodes = int(rng.choice([0, 1, 1, 2, 2, 3]))
+    if not tumours and n_nodes == 0:
+        n_nodes = 1  # every real pre-RT scan has a tumour (GTVp, GTVn or both)
     sides = rng.permutation([-1, 1, -1, 1])
     for k in range(n_nodes):
         vol = rng.uniform(1.2, 12.0)
@@ -174,13 +176,25 @@ def render(patient: Patient, pts: np.ndarray, phase: str) -> tuple[np.ndarray, n
     img[body] = 300.0 * (1.0 + 0.08 * tex[body])  # muscle / soft tissue
     fat = body & (rb > 1.0 - 7.0 / ax)
     img[fat] = 850.0 * (1.0 + 0.04 * tex[fat])
-    glands = body & (((np.abs(x) - 0.45 * ax) / 14.0) ** 2 + ((y + 0.1 * ay) / 10.0) ** 2 < 1)
-    img[glands] = 520.0 * (1.0 + 0.05 * tex[glands])
-    spine = body & (x**2 + (y - 0.45 * ay) ** 2 < 13.0**2)
-    img[spine] = 190.0
-    cord = spine & (x**2 + (y - 0.45 * ay) ** 2 < 5.0**2)
+    # structures that change along z, so the anatomy pins motion in every direction
+    scm_x = 0.55 * ax - 0.15 * z
+    scm = body & (((np.abs(x) - scm_x) / 9.0) ** 2 + ((y - 0.05 * ay - 0.1 * z) / 6.0) ** 2 < 1)
+    img[scm] = 220.0 * (1.0 + 0.06 * tex[scm])  # sternocleidomastoid-like muscles
+    glands = body & (
+        ((np.abs(x) - 0.45 * ax) / 14.0) ** 2 + ((y + 0.1 * ay) / 10.0) ** 2 + ((z - 20) / 25) ** 2
+        < 1
+    )
+    img[glands] = 520.0 * (1.0 + 0.05 * tex[glands])  # submandibular-gland-like, upper neck
+    spine_y = 0.45 * ay + 3.0 * np.sin(z / 40.0)
+    spine = body & (x**2 + (y - spine_y) ** 2 < 13.0**2)
+    disc = np.cos(2.0 * np.pi * z / 20.0) > 0.55  # vertebral bodies and discs alternate
+    img[spine] = np.where(disc[spine], 560.0, 190.0)
+    cord = spine & (x**2 + (y - spine_y) ** 2 < 5.0**2)
     img[cord] = 680.0
-    airway = body & ((x / 9.0) ** 2 + ((y + 0.2 * ay) / 6.5) ** 2 < 1.0)
+    air_x = 6.0 * np.sin(z / 25.0)
+    air_y = -0.2 * ay + 4.0 * np.cos(z / 30.0)
+    air_r = 1.0 + 0.3 * np.sin(z / 18.0)
+    airway = body & (((x - air_x) / (9.0 * air_r)) ** 2 + ((y - air_y) / 6.5) ** 2 < 1.0)
     img[airway] = 8.0
     label = np.zeros(len(pts), np.uint8)
     for t in patient.tumours:

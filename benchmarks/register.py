@@ -1,0 +1,170 @@
+"""Benchmark `hntseg register`: time per case and peak memory of the `fast` and `challenge`
+presets on one synthetic case of the paper's median size (512x512x75 at ~0.47x0.47x2 mm).
+
+Each variant runs in its own subprocess (peak memory = its ru_maxrss). The challenge preset
+(5000 iterations x 3 levels, 10,000 samples) takes far longer than a 2-core machine allows
+for a quick benchmark, so by default it runs `--challenge-iterations` iterations per level
+and its full time is extrapolated from the per-iteration times in elastix's log (printed as
+"extrapolated"). Use `--challenge-iterations 5000` for the real thing.
+
+    .venv/bin/python benchmarks/register.py            # 512x512x75
+    .venv/bin/python benchmarks/register.py --small    # 128x128x32, a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _child(args: argparse.Namespace) -> None:
+    """Run one variant on patient 1 and print a JSON line (runs in its own process)."""
+    import numpy as np
+
+    from hntseg.cohort import expected_path
+    from hntseg.io import array, read_mask
+    from hntseg.register import format_parameter_map, read_parameter_file, register_case
+
+    cohort, out = Path(args.cohort), Path(args.out)
+    params = None
+    if args.variant == "challenge" and args.challenge_iterations != 5000:
+        from hntseg.register import preset_path
+
+        m = read_parameter_file(preset_path("challenge"))
+        m["MaximumNumberOfIterations"] = [str(args.challenge_iterations)]
+        params = [out / "challenge_truncated.txt"]
+        out.mkdir(parents=True, exist_ok=True)
+        params[0].write_text(format_parameter_map(m))
+    start = time.perf_counter()
+    result = register_case(
+        expected_path(cohort, "1", "preRT_T2"),
+        expected_path(cohort, "1", "preRT_mask"),
+        expected_path(cohort, "1", "midRT_T2"),
+        out,
+        "1",
+        preset=args.variant,
+        params=params,
+        seed=1,
+        threads=args.threads,
+        force=True,
+    )
+    wall = time.perf_counter() - start
+    got = array(read_mask(expected_path(out, "1", "preRT_mask_registered")))
+    ref = array(read_mask(expected_path(cohort, "1", "preRT_mask_registered")))
+    dice = {}
+    for label, name in ((1, "GTVp"), (2, "GTVn")):
+        a, b = got == label, ref == label
+        if b.any():
+            dice[name] = round(float(2 * (a & b).sum() / (a.sum() + b.sum())), 4)
+    iter_ms = _iteration_times(out / "1" / "elastix" / "elastix.log")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall_s": wall,
+                "peak_mib": peak,
+                "dice": dice,
+                "iter_ms": iter_ms,
+                "nmi": result.similarity["registered"]["nmi"] if result.similarity else None,
+            }
+        ),
+        flush=True,
+    )
+    del np
+
+
+def _iteration_times(log: Path) -> list[float]:
+    """Mean time per iteration (ms) in each resolution, from elastix's iteration table."""
+    if not log.is_file():
+        return []
+    out, current = [], []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("Time spent in resolution"):
+            out.append(sum(current[1:]) / max(1, len(current) - 1))  # iteration 0 estimates
+            current = []
+        elif re.match(r"^\d+\t", line):
+            try:
+                current.append(float(line.split("\t")[-1]))
+            except ValueError:
+                pass
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="128x128x32 instead of 512x512x75")
+    parser.add_argument("--size", default=None, help="X x Y x Z voxels (default 512x512x75)")
+    parser.add_argument("--challenge-iterations", type=int, default=None,
+                        help="iterations per level for challenge (default 100, --small 50); "
+                        "the full 5000 is extrapolated")  # fmt: skip
+    parser.add_argument("--variants", default="fast,challenge")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cohort", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.challenge_iterations is None:
+        args.challenge_iterations = 50 if args.small else 100
+    if args.child:
+        _child(args)
+        return
+
+    from hntseg.synth import parse_size, synth_cohort
+
+    size = parse_size(args.size or ("128x128x32" if args.small else "512x512x75"))
+    spacing = tuple(round(f / n, 4) for f, n in zip((240.0, 240.0, 150.0), size, strict=True))
+    with tempfile.TemporaryDirectory(prefix="hntseg-bench-register-") as tmp:
+        cohort = Path(tmp) / "cohort"
+        t0 = time.perf_counter()
+        synth_cohort(cohort, patients=1, seed=0, size=size, spacing=spacing)
+        print(f"synthetic case {size[0]}x{size[1]}x{size[2]} voxels at "
+              f"{spacing[0]}x{spacing[1]}x{spacing[2]} mm: made in "
+              f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+        rows = []
+        for variant in args.variants.split(","):
+            cmd = [sys.executable, __file__, "--child", "1", "--variant", variant,
+                   "--cohort", str(cohort), "--out", str(Path(tmp) / variant),
+                   "--challenge-iterations", str(args.challenge_iterations)]  # fmt: skip
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{variant}: failed\n{proc.stderr[-2000:]}")
+                continue
+            res = json.loads(line[0][7:])
+            its = args.challenge_iterations if variant == "challenge" else None
+            full = res["wall_s"]
+            if its is not None and its < 5000 and res["iter_ms"]:
+                full += sum((5000 - its) * ms / 1000.0 for ms in res["iter_ms"])
+            rows.append((variant, res, its, full))
+        print()
+        print(f"{'preset':<10} {'ran':>22} {'time/case s':>12} {'full preset s':>14} "
+              f"{'peak MiB':>9} {'ms/iter by level':>22}  Dice to truth")  # fmt: skip
+        for variant, res, its, full in rows:
+            ran = f"{its} it/level" if its is not None and its < 5000 else "full preset"
+            extra = " (extrapolated)" if its is not None and its < 5000 else ""
+            per_iter = "/".join(f"{v:.0f}" for v in res["iter_ms"])
+            dice = ", ".join(f"{k} {v:.3f}" for k, v in res["dice"].items())
+            print(f"{variant:<10} {ran:>22} {res['wall_s']:>12.1f} {full:>14.0f} "
+                  f"{res['peak_mib']:>9.0f} {per_iter:>22}  {dice}{extra}")  # fmt: skip
+        if len(rows) == 2:
+            print(
+                f"\nfast vs challenge (full, extrapolated): {rows[1][3] / rows[0][3]:.1f}x faster"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,703 @@
+"""Deformable registration of the pre-RT T2 and mask onto the mid-RT grid (stage `register`).
+
+Moving = pre-RT T2, fixed = mid-RT T2. As the HNTS-MRG 2024 organizers did: a SimpleITK
+Euler3D rigid registration (geometry-centred start, Mattes MI with 50 bins, gradient
+descent), then an elastix B-spline registration (Par0023-like: Mattes MI + bending energy
+penalty). Unlike the organizers' script, the rigid transform is handed to elastix as its
+initial transform, so the pre-RT image is interpolated once (B-spline order 3) and the
+mask once (nearest neighbour; labels are copied, never blended).
+
+Presets are elastix parameter files shipped in `hntseg/presets/<name>.txt` ("challenge",
+"fast"); users may pass their own files instead. `method="identity"` resamples without
+deformation (a baseline) and `method="provided"` adopts the organizers' `_registered` files.
+
+Outputs per case (OUT/<id>/...): midRT/<id>_preRT_T2_registered.nii.gz (float32),
+midRT/<id>_preRT_mask_registered.nii.gz (uint8), elastix/TransformParameters.{0,1,..}.txt
+(0 = the rigid Euler transform, the last one = the full chain), elastix/elastix.log and
+register.record.json (parameters, versions, seed, runtime, similarity before/after, Dice
+to the mid-RT mask when there is one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from hntseg.cohort import discover, expected_path, shard
+from hntseg.errors import InputError, StageError
+from hntseg.io import (
+    LABEL_NAMES,
+    Grid,
+    array,
+    check_same_grid,
+    from_array,
+    read_image,
+    read_mask,
+    resample_to,
+    write_image,
+    write_text,
+)
+from hntseg.log import log, progress
+from hntseg.records import case_seed, is_done, write_record
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESETS = ("fast", "challenge")
+METHODS = ("elastix", "provided", "identity")
+RECORD_NAME = "register.record.json"
+ParameterMap = dict[str, list[str]]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class RigidSettings:
+    """SimpleITK Euler3D rigid stage (Mattes MI, regular gradient descent)."""
+
+    iterations: int = 100
+    learning_rate: float = 1.0
+    bins: int = 50
+    min_size_xy: int = 0  # shrink the images by 2 while their in-plane size stays >= this
+    sampling: float | None = None  # fraction of voxels (random, seeded); None = all
+
+
+RIGID = {
+    # the organizers': all voxels, one level, 100 iterations, learning rate 1.0
+    "challenge": RigidSettings(),
+    # same optimiser on a quarter of the voxels, shrunk by 2 from 256 voxels in-plane up
+    "fast": RigidSettings(min_size_xy=128, sampling=0.25),
+}
+
+
+def preset_path(name: str) -> Path:
+    """The elastix parameter file of a named preset."""
+    if name not in PRESETS:
+        raise InputError(f"--preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
+    return PRESETS_DIR / f"{name}.txt"
+
+
+_ENTRY = re.compile(r"\(([^()]*)\)")
+_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def read_parameter_file(path: str | Path) -> ParameterMap:
+    """Parse an elastix parameter file ('(Key value ...)' lines, '//' comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: elastix parameter file not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read elastix parameter file ({exc})") from None
+    lines = []
+    for line in text.splitlines():
+        # drop '//' comments that are not inside a quoted string
+        out, quoted = [], False
+        for i, ch in enumerate(line):
+            if ch == '"':
+                quoted = not quoted
+            if not quoted and line.startswith("//", i):
+                break
+            out.append(ch)
+        lines.append("".join(out))
+    params: ParameterMap = {}
+    for entry in _ENTRY.findall("\n".join(lines)):
+        tokens = [
+            m.group(1) if m.group(1) is not None else m.group(2) for m in _TOKEN.finditer(entry)
+        ]
+        if tokens:
+            params[tokens[0]] = tokens[1:]
+    if "Transform" not in params:
+        raise InputError(f"{path}: not an elastix parameter file (no (Transform ...) entry)")
+    return params
+
+
+def _format_value(value: str) -> str:
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return f'"{value}"'
+
+
+def format_parameter_map(params: Mapping[str, Sequence[str]]) -> str:
+    """Elastix text form of a parameter map (numbers bare, other values quoted)."""
+    lines = [
+        f"({key} {' '.join(_format_value(str(v)) for v in values)})"
+        for key, values in params.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parameter_maps(
+    preset: str = "fast", params: Sequence[str | Path] | None = None
+) -> list[ParameterMap]:
+    """The elastix maps to run: the user's files in order, else the preset's file."""
+    if params:
+        return [read_parameter_file(p) for p in params]
+    return [read_parameter_file(preset_path(preset))]
+
+
+def _case_maps(maps: Sequence[ParameterMap], seed: int) -> list[ParameterMap]:
+    """Per-case copies: the seed, no result image from elastix (transformix makes it)."""
+    out = []
+    for m in maps:
+        m = {k: list(v) for k, v in m.items()}
+        m["RandomSeed"] = [str(seed)]
+        m["WriteResultImage"] = ["false"]
+        out.append(m)
+    return out
+
+
+def _fmt(values: Iterable[float]) -> list[str]:
+    return [repr(float(v)) for v in values]
+
+
+def euler_map(rigid: sitk.Euler3DTransform, fixed: Grid) -> ParameterMap:
+    """The rigid transform as an elastix EulerTransform parameter map (same convention)."""
+    return {
+        "Transform": ["EulerTransform"],
+        "NumberOfParameters": ["6"],
+        "TransformParameters": _fmt(rigid.GetParameters()),
+        "CenterOfRotationPoint": _fmt(rigid.GetCenter()),
+        "ComputeZYX": ["true" if rigid.GetComputeZYX() else "false"],
+        "InitialTransformParameterFileName": ["NoInitialTransform"],
+        "HowToCombineTransforms": ["Compose"],
+        "FixedImageDimension": ["3"],
+        "MovingImageDimension": ["3"],
+        "FixedInternalImagePixelType": ["float"],
+        "MovingInternalImagePixelType": ["float"],
+        "Size": [str(s) for s in fixed.size],
+        "Index": ["0", "0", "0"],
+        "Spacing": _fmt(fixed.spacing),
+        "Origin": _fmt(fixed.origin),
+        "Direction": _fmt(fixed.direction),
+        "UseDirectionCosines": ["true"],
+        "ResampleInterpolator": ["FinalBSplineInterpolator"],
+        "FinalBSplineInterpolationOrder": ["3"],
+        "Resampler": ["DefaultResampler"],
+        "DefaultPixelValue": ["0"],
+        "ResultImagePixelType": ["float"],
+        "ResultImageFormat": ["nii"],
+    }
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def rigid_register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    settings: RigidSettings = RIGID["challenge"],
+    seed: int = 0,
+    threads: int | None = None,
+) -> sitk.Euler3DTransform:
+    """Euler3D transform (fixed physical point -> moving physical point), Mattes MI."""
+    fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    shrink = 1
+    while settings.min_size_xy and min(fixed.GetSize()[:2]) // (2 * shrink) >= settings.min_size_xy:
+        shrink *= 2
+    init = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
+    if settings.sampling is not None:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(settings.sampling, seed)
+    reg.SetOptimizerAsGradientDescent(
+        learningRate=settings.learning_rate,
+        numberOfIterations=settings.iterations,
+        convergenceMinimumValue=1e-6,
+        convergenceWindowSize=10,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetInterpolator(sitk.sitkLinear)
+    if shrink > 1:
+        reg.SetShrinkFactorsPerLevel([shrink])
+        reg.SetSmoothingSigmasPerLevel([shrink / 2.0])
+    reg.SetInitialTransform(init, inPlace=True)
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if threads:
+        reg.SetNumberOfThreads(threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        reg.Execute(fixed, moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    # round away last-bit noise of the multi-threaded metric so elastix starts identically
+    result = sitk.Euler3DTransform(init)
+    result.SetParameters([round(v, 9) for v in result.GetParameters()])
+    return result
+
+
+def _to_itk(image: sitk.Image):
+    """SimpleITK float image -> ITK image with the same geometry (numpy copy)."""
+    import itk
+
+    out = itk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image), np.float32))
+    out.SetSpacing(image.GetSpacing())
+    out.SetOrigin(image.GetOrigin())
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection()).reshape(3, 3)))
+    return out
+
+
+def _parameter_object(maps: Sequence[Mapping[str, Sequence[str]]]):
+    import itk
+
+    po = itk.ParameterObject.New()
+    for m in maps:
+        po.AddParameterMap({k: tuple(str(x) for x in v) for k, v in m.items()})
+    return po
+
+
+def _set_threads(threads: int | None) -> None:
+    import itk
+
+    if threads:
+        itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(max(threads, os.cpu_count() or 1))
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def elastix_register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    maps: Sequence[ParameterMap],
+    initial: ParameterMap | None,
+    threads: int | None = None,
+    log_dir: Path | None = None,
+) -> list[ParameterMap]:
+    """Run elastix; returns the transform maps of the whole chain (initial first)."""
+    import itk
+
+    _set_threads(threads)
+    fi, mi = _to_itk(fixed), _to_itk(moving)
+    reg = itk.ElastixRegistrationMethod[type(fi), type(mi)].New(fixed_image=fi, moving_image=mi)
+    reg.SetParameterObject(_parameter_object(maps))
+    if initial is not None:
+        reg.SetInitialTransformParameterObject(_parameter_object([initial]))
+    reg.SetLogToConsole(False)
+    if log_dir is not None:
+        reg.SetOutputDirectory(str(log_dir))
+        reg.SetLogFileName("elastix.log")
+        reg.SetLogToFile(True)
+    reg.UpdateLargestPossibleRegion()
+    tpo = reg.GetTransformParameterObject()
+    return [
+        {k: list(v) for k, v in dict(tpo.GetParameterMap(i)).items()}
+        for i in range(tpo.GetNumberOfParameterMaps())
+    ]
+
+
+def transformix(
+    image: sitk.Image, chain: Sequence[ParameterMap], fixed: Grid, nearest: bool
+) -> sitk.Image:
+    """Apply a transform chain to `image` with transformix; the result is on `fixed` exactly.
+
+    nearest: nearest-neighbour (labels, returned uint8), else B-spline order 3 (float32).
+    """
+    import itk
+
+    maps = [{k: list(v) for k, v in m.items()} for m in chain]
+    for m in maps:
+        if nearest:
+            m["ResampleInterpolator"] = ["FinalNearestNeighborInterpolator"]
+        else:
+            m["ResampleInterpolator"] = ["FinalBSplineInterpolator"]
+            m["FinalBSplineInterpolationOrder"] = ["3"]
+        m["DefaultPixelValue"] = ["0"]
+        m["ResultImagePixelType"] = ["float"]
+    moving = _to_itk(sitk.Cast(image, sitk.sitkFloat32))
+    out = itk.GetArrayFromImage(itk.transformix_filter(moving, _parameter_object(maps)))
+    if out.shape != fixed.shape:
+        raise RuntimeError(f"transformix output shape {out.shape} != mid-RT grid {fixed.shape}")
+    if nearest:
+        return from_array(np.rint(out).astype(np.uint8), fixed)
+    return from_array(out.astype(np.float32), fixed)
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def similarity(fixed: sitk.Image, warped: sitk.Image, bins: int = 64) -> dict[str, float]:
+    """NCC and normalised mutual information (Studholme, 1..2) of two images on one grid,
+    over the voxels the warped image covers (non-zero: outside its field of view is 0)."""
+    a = array(fixed).astype(np.float64).ravel()
+    b = array(warped).astype(np.float64).ravel()
+    keep = b != 0
+    a, b = a[keep], b[keep]
+    if a.size < 2:
+        return {"ncc": float("nan"), "nmi": float("nan"), "voxels": int(a.size)}
+    da, db = a - a.mean(), b - b.mean()
+    denom = np.sqrt((da * da).sum() * (db * db).sum())
+    ncc = float((da * db).sum() / denom) if denom > 0 else 0.0
+
+    def binned(v: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        scale = (bins - 1) / (hi - lo) if hi > lo else 0.0
+        return np.clip(((v - lo) * scale).astype(np.int64), 0, bins - 1)
+
+    joint = np.bincount(binned(a) * bins + binned(b), minlength=bins * bins).astype(np.float64)
+    p = joint / joint.sum()
+    pa, pb = p.reshape(bins, bins).sum(1), p.reshape(bins, bins).sum(0)
+
+    def entropy(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    hj = entropy(p)
+    nmi = (entropy(pa) + entropy(pb)) / hj if hj > 0 else 1.0
+    return {"ncc": round(ncc, 6), "nmi": round(float(nmi), 6), "voxels": int(a.size)}
+
+
+def dice_per_label(a: sitk.Image, b: sitk.Image) -> dict[str, float | None]:
+    """Dice per structure (None when absent in both)."""
+    x, y = array(a), array(b)
+    out: dict[str, float | None] = {}
+    for label, name in LABEL_NAMES.items():
+        xa, ya = x == label, y == label
+        total = int(xa.sum()) + int(ya.sum())
+        out[name] = round(2.0 * int((xa & ya).sum()) / total, 6) if total else None
+    return out
+
+
+# --------------------------------------------------------------------------- one case
+
+
+@dataclass
+class CaseResult:
+    """Outcome of one case: status ok / skipped / failed, and its quality figures."""
+
+    id: str
+    status: str
+    error: str | None = None
+    runtime_s: float | None = None
+    similarity: dict[str, Any] | None = None
+    dice_to_midRT: dict[str, Any] | None = None
+    record: str | None = None
+
+
+def case_outputs(out: str | Path, case_id: str) -> dict[str, Path]:
+    """Where a case's registered image and mask, elastix files and record go."""
+    root = Path(out) / case_id
+    return {
+        "t2": expected_path(out, case_id, "preRT_T2_registered"),
+        "mask": expected_path(out, case_id, "preRT_mask_registered"),
+        "elastix": root / "elastix",
+        "record": root / RECORD_NAME,
+    }
+
+
+def _check_inputs(pre_t2: Path, pre_mask: Path, mid_t2: Path) -> tuple[sitk.Image, ...]:
+    fixed = read_image(mid_t2, "mid-RT T2")
+    moving = read_image(pre_t2, "pre-RT T2")
+    mask = read_mask(pre_mask, "pre-RT mask")
+    check_same_grid(moving, mask, pre_mask, pre_t2)
+    if not array(mask).any():
+        raise InputError(f"{pre_mask}: pre-RT mask is empty (no label 1 or 2)")
+    return fixed, moving, mask
+
+
+def _case_params(
+    method: str, preset: str, maps: Sequence[ParameterMap] | None, seed: int
+) -> dict[str, Any]:
+    if method == "elastix":
+        return {
+            "method": method,
+            "preset": preset,
+            "rigid": asdict(RIGID.get(preset, RIGID["fast"])),
+            "elastix": list(maps or []),
+            "seed": seed,
+        }
+    return {"method": method}
+
+
+def register_case(
+    pre_t2: str | Path | None,
+    pre_mask: str | Path | None,
+    mid_t2: str | Path,
+    out: str | Path,
+    case_id: str,
+    method: str = "elastix",
+    preset: str = "fast",
+    params: Sequence[str | Path] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    mid_mask: str | Path | None = None,
+    provided_t2: str | Path | None = None,
+    provided_mask: str | Path | None = None,
+    force: bool = False,
+) -> CaseResult:
+    """Register one case into OUT/<case_id>/ (see the module docstring); skip if done.
+
+    `seed` is this case's seed (elastix RandomSeed); `params` replaces the preset's elastix
+    file(s) (the rigid stage follows `preset`). Bad input raises InputError.
+    """
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    paths = case_outputs(out, case_id)
+    maps = _case_maps(parameter_maps(preset, params), seed) if method == "elastix" else None
+    if method == "provided":
+        if provided_t2 is None or provided_mask is None:
+            raise InputError(f"case {case_id}: method provided needs the organizers' files")
+        inputs = {"preRT_T2_registered": provided_t2, "preRT_mask_registered": provided_mask}
+    else:
+        if pre_t2 is None or pre_mask is None:
+            raise InputError(f"case {case_id}: needs the pre-RT T2 and mask")
+        inputs = {"preRT_T2": pre_t2, "preRT_mask": pre_mask}
+    inputs = {k: Path(v) for k, v in {**inputs, "midRT_T2": mid_t2}.items()}
+    for i, p in enumerate(params or []):
+        inputs[f"params/{i}"] = Path(p)
+    for key, path in inputs.items():
+        if not path.is_file():
+            raise InputError(f"{path}: {key} not found")
+    fingerprint_params = _case_params(method, preset, maps, seed)
+    if not force and is_done(paths["record"], inputs, fingerprint_params):
+        return CaseResult(case_id, "skipped", record=str(paths["record"]))
+
+    start = time.perf_counter()
+    threads_used = threads
+    elastix_files: list[Path] = []
+    rigid_info = None
+    if method == "provided":
+        fixed = read_image(mid_t2, "mid-RT T2")
+        warped = read_image(provided_t2, "registered pre-RT T2")
+        warped_mask = read_mask(provided_mask, "registered pre-RT mask")
+        check_same_grid(fixed, warped, provided_t2, mid_t2)
+        check_same_grid(fixed, warped_mask, provided_mask, mid_t2)
+        grid = Grid.of(fixed)
+        warped, warped_mask = from_array(array(warped), grid), from_array(array(warped_mask), grid)
+        identity_t2 = identity_mask = None
+    else:
+        fixed, moving, mask = _check_inputs(Path(pre_t2), Path(pre_mask), Path(mid_t2))
+        grid = Grid.of(fixed)
+        identity_t2 = resample_to(moving, grid, nearest=False)
+        identity_mask = resample_to(mask, grid, nearest=True)
+        if method == "identity":
+            warped, warped_mask = identity_t2, identity_mask
+        else:
+            rigid_settings = RIGID.get(preset, RIGID["fast"])
+            rigid = rigid_register(fixed, moving, rigid_settings, seed, threads)
+            initial = euler_map(rigid, grid)
+            rigid_info = {
+                "parameters_rad_mm": list(rigid.GetParameters()),
+                "center_xyz_mm": list(rigid.GetCenter()),
+            }
+            with tempfile.TemporaryDirectory(prefix=f"hntseg-register-{case_id}-") as tmp:
+                try:
+                    chain = elastix_register(fixed, moving, maps or [], initial, threads, Path(tmp))
+                finally:
+                    logfile = Path(tmp) / "elastix.log"
+                    if logfile.is_file():
+                        paths["elastix"].mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(logfile, paths["elastix"] / "elastix.log")
+            warped = transformix(moving, chain, grid, nearest=False)
+            warped_mask = transformix(mask, chain, grid, nearest=True)
+            before, after = set(np.unique(array(mask))), set(np.unique(array(warped_mask)))
+            if not after <= before:  # nearest neighbour can only copy labels
+                raise RuntimeError(f"registered mask has labels {sorted(after - before)}")
+            elastix_files = _write_chain(chain, paths["elastix"])
+            import itk
+
+            threads_used = int(itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads())
+
+    write_image(warped, paths["t2"])
+    write_image(warped_mask, paths["mask"])
+    runtime = round(time.perf_counter() - start, 3)
+
+    sim: dict[str, Any] = {"registered": similarity(fixed, warped)}
+    if identity_t2 is not None:
+        sim["identity"] = similarity(fixed, identity_t2)
+        sim["improved"] = bool(
+            sim["registered"]["nmi"] > sim["identity"]["nmi"]
+            and sim["registered"]["ncc"] > sim["identity"]["ncc"]
+        )
+    dice = None
+    if mid_mask is not None and Path(mid_mask).is_file():
+        gt = read_mask(mid_mask, "mid-RT mask")
+        check_same_grid(fixed, gt, mid_mask, mid_t2)
+        gt = from_array(array(gt), grid)
+        dice = {"registered": dice_per_label(warped_mask, gt)}
+        if identity_mask is not None:
+            dice["identity"] = dice_per_label(identity_mask, gt)
+    outputs = [paths["t2"], paths["mask"], *elastix_files]
+    write_record(
+        paths["record"],
+        "register",
+        inputs,
+        fingerprint_params,
+        outputs,
+        seed=seed if method == "elastix" else None,
+        extra={
+            "case_id": case_id,
+            "threads": threads_used,
+            "runtime_s": runtime,
+            "rigid_euler3d": rigid_info,
+            "similarity": sim,
+            "dice_to_midRT_mask": dice,
+            "note": "similarity: mid-RT T2 vs pre-RT T2 resampled without deformation "
+            "(identity) and registered; Dice to the mid-RT mask is a check, not a truth "
+            "(tumours shrink between the scans)",
+        },
+    )
+    return CaseResult(case_id, "ok", None, runtime, sim, dice, str(paths["record"]))
+
+
+def _write_chain(chain: Sequence[ParameterMap], folder: Path) -> list[Path]:
+    """TransformParameters.<i>.txt, each naming the previous one as its initial transform."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, m in enumerate(chain):
+        m = dict(m)
+        m["InitialTransformParameterFileName"] = (
+            [str((folder / f"TransformParameters.{i - 1}.txt").resolve())]
+            if i
+            else ["NoInitialTransform"]
+        )
+        files.append(write_text(folder / f"TransformParameters.{i}.txt", format_parameter_map(m)))
+    for stale in folder.glob("TransformParameters.*.txt"):
+        if stale not in files:
+            stale.unlink()
+    return files
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # ITK exceptions: keep the description line, not the file/line location
+    for ln in lines:
+        if ln.lower().startswith("description:"):
+            return ln.split(":", 1)[1].strip()
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _run_case(kwargs: dict[str, Any]) -> CaseResult:
+    """One case, never raising: failures become a failed CaseResult (for process pools)."""
+    start = time.perf_counter()
+    try:
+        return register_case(**kwargs)
+    except Exception as exc:  # an elastix or I/O failure must not stop the other cases
+        return CaseResult(
+            kwargs["case_id"], "failed", _first_line(exc), round(time.perf_counter() - start, 3)
+        )
+
+
+def _summary(r: CaseResult) -> str:
+    if r.status != "ok":
+        return f"case {r.id}: {r.status}" + (f" ({r.error})" if r.error else "")
+    parts = [f"case {r.id}: ok in {r.runtime_s:.1f} s"]
+    sim = r.similarity or {}
+    if "identity" in sim:
+        i, g = sim["identity"], sim["registered"]
+        parts.append(f"NCC {i['ncc']:.3f} -> {g['ncc']:.3f}, NMI {i['nmi']:.4f} -> {g['nmi']:.4f}")
+    if r.dice_to_midRT:
+        d = r.dice_to_midRT["registered"]
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in d.items() if v is not None)
+        parts.append(f"Dice to mid-RT mask {shown or '-'}")
+    return "; ".join(parts)
+
+
+def _report(result: CaseResult) -> None:
+    (log.warning if result.status == "failed" else log.info)(_summary(result))
+
+
+def register_cohort(
+    cohort: str | Path,
+    out: str | Path,
+    method: str = "elastix",
+    preset: str = "fast",
+    params: Sequence[str | Path] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    workers: int = 1,
+    ids: Iterable[str] | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
+    force: bool = False,
+    raise_on_failure: bool = True,
+) -> list[CaseResult]:
+    """Register every patient of a cohort into OUT (HNTS-MRG layout), `workers` at a time.
+
+    Each case gets its own seed from `seed` and its id. Finished cases are skipped unless
+    `force`. A failing case is logged and the others finish; then StageError is raised
+    (unless raise_on_failure is False) naming the failed ids.
+    """
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    if method == "elastix":
+        parameter_maps(preset, params)  # bad preset or parameter file: fail before any work
+    required = (
+        ("midRT_T2", "preRT_T2_registered", "preRT_mask_registered")
+        if method == "provided"
+        else ("preRT_T2", "preRT_mask", "midRT_T2")
+    )
+    patients = shard(discover(cohort, required=required, ids=ids), num_parts, part_id)
+    if threads is None and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    tasks = [
+        {
+            "pre_t2": p.get("preRT_T2"),
+            "pre_mask": p.get("preRT_mask"),
+            "mid_t2": p.get("midRT_T2"),
+            "out": Path(out),
+            "case_id": p.id,
+            "method": method,
+            "preset": preset,
+            "params": [Path(x) for x in params] if params else None,
+            "seed": case_seed(seed, p.id, "register") & 0x7FFFFFFF,
+            "threads": threads,
+            "mid_mask": p.get("midRT_mask"),
+            "provided_t2": p.get("preRT_T2_registered"),
+            "provided_mask": p.get("preRT_mask_registered"),
+            "force": force,
+        }
+        for p in patients
+    ]
+    results: list[CaseResult] = []
+    if workers == 1 or len(tasks) <= 1:
+        for task in progress(tasks, f"register ({method})"):
+            results.append(_run_case(task))
+            _report(results[-1])
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")  # no fork after ITK threads started
+        by_id: dict[str, CaseResult] = {}
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+            futures = {pool.submit(_run_case, t): t["case_id"] for t in tasks}
+            for fut in progress(as_completed(futures), f"register ({method})", len(futures)):
+                pid = futures[fut]
+                try:
+                    by_id[pid] = fut.result()
+                except Exception as exc:  # a worker that died (e.g. a crash inside elastix)
+                    by_id[pid] = CaseResult(pid, "failed", f"worker died: {_first_line(exc)}")
+                _report(by_id[pid])
+        results = [by_id[t["case_id"]] for t in tasks]
+    failed = [r for r in results if r.status == "failed"]
+    if failed and raise_on_failure:
+        shown = "; ".join(f"{r.id}: {r.error}" for r in failed[:5])
+        more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise StageError(
+            f"register: {len(failed)} of {len(results)} cases failed: {shown}{more}; "
+            f"the others are in {out}"
+        )
+    return results
