@@ -89,7 +89,8 @@ def test_directed_hd95_equals_independent_implementation(case):
     spacing_zyx = spacing_xyz[::-1]
     got = surface_distances(a, b, spacing_zyx).hd95("directed")
     assert got == pytest.approx(brute_directed_hd95(a, b, spacing_zyx), abs=1e-6)
-    assert got >= surface_distances(a, b, spacing_zyx).hd95("pooled") - 1e-9
+    # no "directed >= pooled" check: with interpolated percentiles of finite samples it does
+    # not always hold (hypothesis found 1.1798 < 1.2000)
 
 
 def test_axis_order_matters_and_is_zyx():
