@@ -1,0 +1,125 @@
+"""The two types the stage table is made of: `Context` (what a stage function gets) and
+`Stage` (one entry of the table). The engine that runs them is `hntseg.pipeline`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hntseg.errors import InputError
+
+STATE_DIR = ".hntseg/state"
+
+
+@dataclass
+class Context:
+    """What a stage function gets: the resolved config, the work folders, the run's shard."""
+
+    config: dict[str, Any]
+    num_parts: int = 1
+    part_id: int = 0
+    device: str | None = None
+    force: bool = False  # the stage now running was forced: redo its finished cases too
+    changed: bool = False  # ... or its inputs/options changed since its last finished run
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return Path(self.config["work"])
+
+    @property
+    def cohort(self) -> Path:
+        return Path(self.config["cohort"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def sharded(self) -> bool:
+        return self.num_parts > 1
+
+    def path(self, name: str) -> Path:
+        """Folder of a stage's files: its `out` option, else the default under WORK."""
+        cfg = self.config
+        if name == "registered":
+            if cfg["register"]["out"]:
+                return Path(cfg["register"]["out"])
+            if cfg["register"]["method"] == "provided":
+                return self.cohort
+            return self.work / "registered"
+        if name in ("boxes", "gradmap"):
+            return Path(cfg[name]["out"] or self.work / "priors")
+        if name == "qc":
+            return Path(cfg["qc"]["out"] or self.work / "qc")
+        if name == "predictions":
+            return Path(cfg["predict"]["out"] or self.work / "predictions")
+        if name == "evaluation":
+            return Path(cfg["evaluate"]["out"] or self.work / "evaluation")
+        if name == "predict_cohort":
+            return Path(cfg["predict"]["cohort"] or self.cohort)
+        if name == "predict_registered":
+            if cfg["predict"]["registered"]:
+                return Path(cfg["predict"]["registered"])
+            return (
+                self.path("registered")
+                if not cfg["predict"]["cohort"]
+                else self.path("predict_cohort")
+            )
+        if name == "state":
+            return self.work / STATE_DIR
+        if name == "cohort":
+            return self.cohort
+        return self.work / name
+
+    def all_ids(self, root: Path | None = None) -> list[str]:
+        """Patient ids of the cohort (or `root`), restricted to the config's `ids`."""
+        from hntseg.cohort import discover
+
+        patients = discover(root or self.cohort, required=(), check_readable=False)
+        ids = [p.id for p in patients]
+        wanted = self.config.get("ids")
+        if wanted:
+            missing = [i for i in wanted if i not in ids]
+            if missing:
+                raise InputError(f"{root or self.cohort}: no patient folder for id(s) {missing}")
+            ids = [i for i in ids if i in set(wanted)]
+        return ids
+
+    def ids(self, root: Path | None = None) -> list[str]:
+        """The ids this run works on: all ids, or this part's share with --num-parts."""
+        from hntseg.cohort import shard
+
+        return shard(self.all_ids(root), self.num_parts, self.part_id)
+
+
+Paths = Mapping[str, Path | str]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One entry of the stage table.
+
+    run(ctx) does the work (writing atomically); inputs(ctx) names the files/folders whose
+    contents decide whether earlier work is still valid; options(ctx) the settings that
+    shape the result; outputs(ctx) the files that must exist when the stage is done.
+    `per_case` stages can be sharded with --num-parts/--part-id; `after` lists the stages
+    whose outputs this one reads (for the dry-run plan). `group` is the config section
+    and the name --force/--only/skip accept (e.g. `train` for `train-fold0`).
+    """
+
+    name: str
+    run: Callable[[Context], Any]
+    inputs: Callable[[Context], Paths]
+    outputs: Callable[[Context], Sequence[Path]]
+    options: Callable[[Context], Mapping[str, Any]] = lambda ctx: {}
+    per_case: bool = False
+    after: tuple[str, ...] = ()
+    group: str = ""
+    skip_reason: Callable[[Context], str | None] = lambda ctx: None
+
+    @property
+    def section(self) -> str:
+        return self.group or self.name
