@@ -87,7 +87,6 @@ def where(cfg: dict[str, Any], record: dict[str, Any]) -> str:
         f"masks:        {Path(cfg['predict']['out'] or work / 'predictions')}/<id>.nii.gz",
         f"score table:  {evaluation / 'cases.csv'}  (summary: {evaluation / 'summary.json'})",
         f"QC pictures:  {work / 'qc'}/",
-        f"run record:   {work / 'run.json'}",
     ]
     summary_path = evaluation / "summary.json"
     if summary_path.is_file():
