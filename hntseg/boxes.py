@@ -21,12 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from hntseg.cohort import PHASES
 from hntseg.errors import InputError, StageError
 from hntseg.io import LABEL_NAMES, Grid, read_json, read_mask, write_json
 from hntseg.log import log, progress
 
 FORMAT = "hntseg-boxes/1"
-PHASES = ("midRT", "preRT")
 DEFAULT_MARGIN = (2, 6)  # the paper's training-time range, voxels
 # 6-connectivity (face neighbours) in 3D
 FACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
@@ -280,16 +280,6 @@ def boxes_path(out: str | Path, pid: str, phase: str) -> Path:
     return Path(out) / pid / f"{pid}_{phase}_boxes.json"
 
 
-def record_path(output: Path) -> Path:
-    """The record beside an output file (`x_boxes.json` -> `x_boxes.record.json`)."""
-    name = output.name
-    for suffix in (".nii.gz", ".json", ".png"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output.with_name(name + ".record.json")
-
-
 def boxes_case(
     mask_path: str | Path,
     out_path: str | Path,
@@ -299,7 +289,7 @@ def boxes_case(
 ) -> tuple[BoxSet | None, bool]:
     """Boxes for one mask file written to `out_path` with a record. Returns (boxes, ran);
     boxes is None when skipped because the record says the work is done."""
-    from hntseg.records import is_done, write_record
+    from hntseg.records import is_done, record_path, write_record
 
     mask_path, out_path = Path(mask_path), Path(out_path)
     margin = parse_margin(margin)

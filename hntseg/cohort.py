@@ -29,6 +29,7 @@ FILES: dict[str, tuple[str, str]] = {
     "preRT_mask_registered": ("midRT", "{id}_preRT_mask_registered"),
 }
 DEFAULT_REQUIRED = ("preRT_T2", "preRT_mask", "midRT_T2")
+PHASES = ("midRT", "preRT")  # the two scans of a patient; each gives a training case
 SUFFIXES = (".nii.gz", ".mha", ".nii")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.cohort import Patient, discover, expected_path
+from hntseg.cohort import PHASES, Patient, discover, expected_path
 from hntseg.errors import InputError
 from hntseg.io import (
     Grid,
@@ -54,7 +54,6 @@ from hntseg.nnunet import (
 from hntseg.records import case_seed, is_done, write_record
 
 RECORD_NAME = "hntseg_dataset.record.json"
-PHASES = ("midRT", "preRT")
 
 
 def case_name(pid: str, phase: str) -> str:

@@ -20,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hntseg.boxes import PHASES, Box, BoxSet, boxes_path, read_boxes, record_path
+from hntseg.boxes import Box, BoxSet, boxes_path, read_boxes
+from hntseg.cohort import PHASES
 from hntseg.errors import InputError, StageError
 from hntseg.io import Grid, from_array, read_image, write_image
 from hntseg.log import log, progress
@@ -110,7 +111,7 @@ def gradmap_case(
     force: bool = False,
 ) -> bool:
     """One gradient map file with its record; False when skipped (already done)."""
-    from hntseg.records import is_done, write_record
+    from hntseg.records import is_done, record_path, write_record
 
     t2_path, boxes_file, out_path = Path(t2_path), Path(boxes_file), Path(out_path)
     inputs = {"t2": t2_path, "boxes": boxes_file}

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.boxes import PHASES, BoxSet, boxes_path, read_boxes, record_path
+from hntseg.boxes import BoxSet, boxes_path, read_boxes
+from hntseg.cohort import PHASES
 from hntseg.errors import InputError, StageError
 from hntseg.io import Grid, atomic_path, read_image, read_mask
 from hntseg.log import log, progress
@@ -209,7 +210,7 @@ def qc_cohort(
     from hntseg.cohort import discover, shard
     from hntseg.errors import HntsegError
     from hntseg.gradmap import gradmap_path
-    from hntseg.records import is_done, write_record
+    from hntseg.records import is_done, record_path, write_record
 
     bad = [p for p in phases if p not in PHASES]
     if bad:

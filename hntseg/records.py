@@ -73,6 +73,17 @@ def case_seed(seed: int, case_id: str, purpose: str = "") -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def record_path(output: str | Path) -> Path:
+    """The record beside an output file (`x_boxes.json` -> `x_boxes.record.json`)."""
+    output = Path(output)
+    name = output.name
+    for suffix in (".nii.gz", ".json", ".png"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(name + ".record.json")
+
+
 def write_record(
     path: str | Path,
     stage: str,
