@@ -74,7 +74,7 @@ class Patient:
     texture: np.ndarray  # coarse random lattice for tissue texture
     texture_origin: np.ndarray
     texture_step: float
-    weight_loss: float  # body shrink factor at mid-RT
+    weight_loss: float  # skin-contour shrink factor at mid-RT (the fat thins)
     intensity_scale: float  # mid-RT / pre-RT
     rotation: np.ndarray  # mid -> pre rigid part
     translation: np.ndarray
@@ -166,15 +166,18 @@ def mid_to_pre(patient: Patient, pts: np.ndarray) -> np.ndarray:
 def render(patient: Patient, pts: np.ndarray, phase: str) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free T2-like intensity and label at pre-RT-frame points (N, 3) for 'pre' or 'mid'."""
     x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-    grow = 1.0 if phase == "pre" else patient.weight_loss
-    neck = grow * (1.0 + 0.08 * np.sin(z / 35.0))
+    # weight loss thins the subcutaneous fat: the skin moves in, the anatomy inside does not
+    # (so the known mapping T stays the truth for every structure under the fat)
+    thin = 1.0 if phase == "pre" else patient.weight_loss
+    neck = 1.0 + 0.08 * np.sin(z / 35.0)
     ax, ay = patient.body_axes[0] * neck, patient.body_axes[1] * neck
-    rb = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)
+    r0 = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)
+    rb = r0 / thin
     tex = _lattice(patient.texture, pts, patient.texture_origin, patient.texture_step, 1)
     img = np.zeros(len(pts), np.float32)
     body = rb < 1.0
-    img[body] = 300.0 * (1.0 + 0.08 * tex[body])  # muscle / soft tissue
-    fat = body & (rb > 1.0 - 7.0 / ax)
+    img[body] = 300.0 * (1.0 + 0.15 * tex[body])  # muscle / soft tissue
+    fat = body & (r0 > 1.0 - 7.0 / ax)
     img[fat] = 850.0 * (1.0 + 0.04 * tex[fat])
     # structures that change along z, so the anatomy pins motion in every direction
     scm_x = 0.55 * ax - 0.15 * z
@@ -185,6 +188,10 @@ def render(patient: Patient, pts: np.ndarray, phase: str) -> tuple[np.ndarray, n
         < 1
     )
     img[glands] = 520.0 * (1.0 + 0.05 * tex[glands])  # submandibular-gland-like, upper neck
+    # carotid artery and jugular vein on each side: flow voids along the nodal chain
+    vx, vy = np.abs(x) - (0.4 * ax - 0.1 * z), y - (0.05 * ay + 0.06 * z)
+    vessels = body & (((vx + 4.0) ** 2 + vy**2 < 3.5**2) | ((vx - 5.0) ** 2 + vy**2 < 4.5**2))
+    img[vessels] = 40.0
     spine_y = 0.45 * ay + 3.0 * np.sin(z / 40.0)
     spine = body & (x**2 + (y - spine_y) ** 2 < 13.0**2)
     disc = np.cos(2.0 * np.pi * z / 20.0) > 0.55  # vertebral bodies and discs alternate

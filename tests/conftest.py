@@ -34,3 +34,19 @@ def tiny_cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
     synth_cohort(root, patients=4, seed=0, size=(64, 64, 16))
     return root
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """Append a line to the 'figures' section printed at the end of the test run."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures reported by tests")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

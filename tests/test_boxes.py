@@ -293,7 +293,7 @@ def _inside(boxset: BoxSet, idx: np.ndarray) -> np.ndarray:
     return inside
 
 
-def test_real_masks_boxes_cover_mid_rt(real_pairs):
+def test_real_masks_boxes_cover_mid_rt(real_pairs, report):
     fractions = {}
     per_label = {}
     for name, margin in MARGINS.items():
@@ -318,8 +318,8 @@ def test_real_masks_boxes_cover_mid_rt(real_pairs):
         else:  # never below margin 0, patient by patient
             assert all(per_patient[p] >= base[p] for p in base)
     for name in MARGINS:
-        print(
-            f"\nmargin {name}: fraction of mid-RT tumour voxels inside boxes "
+        report(
+            f"real masks, margin {name}: fraction of mid-RT tumour voxels inside boxes "
             f"{fractions[name]:.4f} (GTVp {per_label[name][1]:.4f}, GTVn {per_label[name][2]:.4f})"
         )
     assert fractions["2-6"] >= fractions["0"] and fractions["4"] >= fractions["0"]

@@ -24,7 +24,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_MRI = SHARED_DATA / "real-mri"
 runner = CliRunner()
 SIZE, SPACING = (96, 96, 32), (1.5, 1.5, 3.0)  # small, but tumours span > 100 voxels
-MIN_DICE = 0.80  # issue asks 0.85; fast reaches 0.845-0.89 here, see docs/register.md
+MIN_DICE = 0.85  # the issue's bar; docs/register.md has the figures on a larger cohort
 
 
 def _digest(path: Path) -> str:
@@ -68,7 +68,7 @@ def identity(cohort, tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- recovery
 
 
-def test_fast_preset_recovers_known_deformation(cohort, registered, identity):
+def test_fast_preset_recovers_known_deformation(cohort, registered, identity, report):
     truths = read_json(cohort / "synth.json")["patients"]
     checked = 0
     for truth in truths:
@@ -80,6 +80,7 @@ def test_fast_preset_recovers_known_deformation(cohort, registered, identity):
             if truth["volumes_ml"][name]["preRT_registered"] < 1.0:
                 continue
             dice = _dice(got == label, ref == label)
+            report(f"register fast, synthetic {pid} {name}: Dice to the known warp {dice:.3f}")
             assert dice >= MIN_DICE, (pid, name, dice)
             assert dice > _dice(base == label, ref == label) + 0.05, (pid, name)
             checked += 1
