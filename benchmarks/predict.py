@@ -14,6 +14,13 @@ channel files (mid-RT T2 + the gradient map hntseg computed), with nnU-Net's log
 ensembling; hntseg averages softmax.
 
     .venv/bin/python benchmarks/predict.py [--small] [--device auto|cpu|cuda] [--keep DIR]
+    .venv/bin/python benchmarks/predict.py --estimate   # real size on a CPU: see below
+
+At the real size a CPU needs hours for the four variants. `--estimate` runs none of them: it
+times the planned network on one patch (median of 3 passes after a warm-up), counts the
+sliding-window tiles nnU-Net uses for the case (step 0.5) and prints the network time that
+5 folds need with and without mirroring TTA. It is a lower bound (no preprocessing,
+resampling or export) and is labelled as an extrapolation.
 """
 
 from __future__ import annotations
@@ -115,6 +122,50 @@ print("RESULT", json.dumps({{"inner_s": time.perf_counter() - t, "cuda_bytes": c
 """
 
 
+def estimate(work: Path, folder: Path, size: tuple[int, ...], spacing: tuple[float, ...]) -> None:
+    """Network seconds per case from one timed patch x tiles x TTA passes x folds."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), verbose=False
+    )
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
+    cfg = predictor.configuration_manager
+    patch = [int(v) for v in cfg.patch_size]
+    shape_zyx = np.array(size[::-1]) * np.array(spacing[::-1]) / np.array(cfg.spacing)
+    shape = [max(int(round(v)), p) for v, p in zip(shape_zyx, patch, strict=True)]
+    steps = compute_steps_for_sliding_window(shape, patch, 0.5)
+    tiles = int(np.prod([len(s) for s in steps]))
+    channels = len(predictor.dataset_json["channel_names"])
+    x = torch.randn(1, channels, *patch)
+    net = predictor.network.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(4):
+            t = time.perf_counter()
+            net(x)
+            if i:
+                times.append(time.perf_counter() - t)
+    per_tile = float(np.median(times))
+    folds = len(FOLDS)
+    print(
+        f"\nESTIMATE (extrapolated, not a measured run), CPU ({os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads), 1 case {'x'.join(map(str, size))} voxels "
+        f"-> {'x'.join(map(str, shape))} (z,y,x) at the plan's spacing\n"
+        f"network forward pass on one {'x'.join(map(str, patch))} patch: {per_tile:.1f} s "
+        f"(median of {len(times)}); {tiles} tiles at step 0.5"
+    )
+    for tta, passes in ((True, 8), (False, 1)):
+        total = per_tile * tiles * passes * folds
+        print(
+            f"5 folds, TTA {'on ' if tta else 'off'}: {tiles} x {passes} x {folds} forward passes"
+            f" = {total:.0f} s ({total / 60:.0f} min) of network time per case, at least"
+        )
+
+
 def run_variant(cmd: list[str], env: dict[str, str]) -> dict:
     """Run one variant in a fresh wrapper process; wall time and the tree's peak RSS."""
     wrapper = (
@@ -145,6 +196,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--keep", type=Path, help="Work folder to keep (default: a temp folder).")
     ap.add_argument("--skip-nnunet", action="store_true", help="Only hntseg's variants.")
+    ap.add_argument(
+        "--estimate",
+        action="store_true",
+        help="Time one patch of the planned network and extrapolate; run no variant.",
+    )
     args = ap.parse_args()
 
     import torch
@@ -160,8 +216,13 @@ def main() -> None:
     t = time.perf_counter()
     if not (cohort / "1").is_dir():
         write_cohort(cohort, size, spacing)
-    make_model(work, cohort)
+    folder = make_model(work, cohort)
     print(f"setup (cohort, plan, preprocess, 5 untrained folds): {time.perf_counter() - t:.0f} s")
+    if args.estimate:
+        estimate(work, folder, size, spacing)
+        if args.keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+        return
 
     env = dict(os.environ)
     env.pop("nnUNet_def_n_proc", None)  # nnU-Net's default (8): predict on all CPU threads
