@@ -1,12 +1,15 @@
 """Synthetic HNTS-MRG-like cohort with a known pre-RT -> mid-RT correspondence.
 
 Anatomy is defined analytically in the patient's pre-RT physical frame (mm): a neck
-body with subcutaneous fat, airway, vertebra and cord, one primary tumour (label 1)
-and 0-3 nodes (label 2) with irregular borders. The mid-RT scan sees the same anatomy
-through a known mapping T (mid physical point -> pre physical point: a rigid motion plus
-a smooth random deformation) on its own grid, with shrunk or vanished tumours, other
-bias field, noise and intensity scale. The `_registered` files are the pre-RT image
-and mask sampled at T(mid grid), i.e. the exact registration, a truth for later stages.
+body with textured soft tissue and subcutaneous fat, airway, vertebrae and cord, neck
+muscles, glands, carotid/jugular flow voids, one primary tumour (label 1) and 0-3 nodes
+(label 2) with irregular borders. The mid-RT scan sees the same anatomy through a known
+mapping T (mid physical point -> pre physical point: a rigid motion plus a smooth random
+deformation) on its own grid, with shrunk or vanished tumours (oedema-like tissue where
+they were), thinner fat (weight loss moves the skin only), other bias field, noise and
+intensity scale. Everything under the fat follows T, so T is the truth for the tumours.
+The `_registered` files are the pre-RT image and mask sampled at T(mid grid), i.e. the
+exact registration, a truth for later stages.
 
 Each patient draws from its own seed (global seed + id), so a patient's files do not
 change when others are added. Same seed -> identical bytes.
