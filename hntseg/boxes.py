@@ -22,9 +22,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hntseg.cohort import PHASES
-from hntseg.errors import InputError, StageError
+from hntseg.errors import InputError
 from hntseg.io import LABEL_NAMES, Grid, read_json, read_mask, write_json
-from hntseg.log import log, progress
+from hntseg.log import log
 
 FORMAT = "hntseg-boxes/1"
 DEFAULT_MARGIN = (2, 6)  # the paper's training-time range, voxels
@@ -346,32 +346,19 @@ def boxes_cohort(
     `OUT/<id>/<id>_preRT_boxes.json` from the pre-RT mask. The seed of a case is
     `case_seed(seed, "<id>_<phase>", "boxes")`, so adding cases changes no other case.
     Returns {"<id>_<phase>": path}. Failed cases are logged; then a StageError."""
-    from hntseg.cohort import shard
-    from hntseg.errors import HntsegError
+    from hntseg.cohort import check_phases, run_cases, shard
     from hntseg.records import case_seed
 
     cohort = Path(cohort)
-    bad = [p for p in phases if p not in PHASES]
-    if bad:
-        raise InputError(f"--phase {bad[0]!r}: expected one of {', '.join(PHASES)}")
+    phases = check_phases(phases)
     margin = parse_margin(margin)
     cases = shard(_masks_for(cohort, registered, ids, phases), num_parts, part_id)
-    written: dict[str, Path] = {}
-    failed: list[str] = []
-    skipped = 0
-    for pid, phase, mask_path in progress(cases, "boxes"):
-        target = boxes_path(out, pid, phase)
+    targets = {f"{pid}_{phase}": boxes_path(out, pid, phase) for pid, phase, _ in cases}
+
+    def work(case: tuple[str, str, Path]) -> bool:
+        pid, phase, mask_path = case
         s = None if seed is None else case_seed(seed, f"{pid}_{phase}", "boxes")
-        try:
-            _, ran = boxes_case(mask_path, target, margin, s, force)
-        except HntsegError as exc:
-            log.error(str(exc))
-            failed.append(f"{pid}_{phase}")
-            continue
-        skipped += not ran
-        written[f"{pid}_{phase}"] = target
-    if skipped:
-        log.info(f"boxes: {skipped} case(s) already done (use --force to redo)")
-    if failed:
-        raise StageError(f"boxes: {len(failed)} case(s) failed: {', '.join(failed)}")
-    return written
+        return boxes_case(mask_path, targets[f"{pid}_{phase}"], margin, s, force)[1]
+
+    done = run_cases("boxes", ((f"{c[0]}_{c[1]}", c) for c in cases), work)
+    return {key: targets[key] for key in done}

@@ -12,12 +12,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from hntseg.errors import InputError
+from hntseg.errors import HntsegError, InputError, StageError
 from hntseg.io import read_header
+from hntseg.log import log, progress
+
+T = TypeVar("T")
 
 # file key -> (sub-folder, file name pattern)
 FILES: dict[str, tuple[str, str]] = {
@@ -124,3 +128,38 @@ def shard(items: Sequence, num_parts: int = 1, part_id: int = 0) -> list:
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts)")
     return list(items[part_id::num_parts])
+
+
+def check_phases(phases: Iterable[str]) -> list[str]:
+    """The phases asked for, or an InputError naming the first unknown one."""
+    phases = list(phases)
+    bad = [p for p in phases if p not in PHASES]
+    if bad:
+        raise InputError(f"--phase {bad[0]!r}: expected one of {', '.join(PHASES)}")
+    return phases
+
+
+def run_cases(stage: str, cases: Iterable[tuple[str, T]], work: Callable[[T], bool]) -> list[str]:
+    """Run `work` on every (key, case) under a progress bar; returns the keys now done.
+
+    `work` returns False when it skipped a case already done. A case that raises a user
+    error is logged and the others still run; then a StageError names the failed keys, so
+    one bad scan never hides the rest of a cohort's results.
+    """
+    done: list[str] = []
+    failed: list[str] = []
+    skipped = 0
+    for key, case in progress(list(cases), stage):
+        try:
+            ran = work(case)
+        except HntsegError as exc:
+            log.error(str(exc))
+            failed.append(key)
+            continue
+        skipped += not ran
+        done.append(key)
+    if skipped:
+        log.info(f"{stage}: {skipped} case(s) already done (use --force to redo)")
+    if failed:
+        raise StageError(f"{stage}: {len(failed)} case(s) failed: {', '.join(failed)}")
+    return done

@@ -21,10 +21,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hntseg.boxes import Box, BoxSet, boxes_path, read_boxes
-from hntseg.cohort import PHASES
-from hntseg.errors import InputError, StageError
+from hntseg.cohort import PHASES, Patient
+from hntseg.errors import InputError
 from hntseg.io import Grid, from_array, read_image, write_image
-from hntseg.log import log, progress
+from hntseg.log import log
 
 
 def box_gradient(
@@ -145,40 +145,26 @@ def gradmap_cohort(
     """Gradient maps for a cohort: `OUT/<id>/<id>_midRT_gradmap.nii.gz` (mid-RT T2 +
     BOXES/<id>/<id>_midRT_boxes.json) and `_preRT_gradmap.nii.gz` (pre-RT T2 + pre-RT boxes).
     Returns {"<id>_<phase>": path}; failed cases are logged, then a StageError."""
-    from hntseg.cohort import discover, expected_path, shard
-    from hntseg.errors import HntsegError
+    from hntseg.cohort import check_phases, discover, expected_path, run_cases, shard
 
-    bad = [p for p in phases if p not in PHASES]
-    if bad:
-        raise InputError(f"--phase {bad[0]!r}: expected one of {', '.join(PHASES)}")
+    phases = check_phases(phases)
     patients = discover(cohort, required=(), ids=ids)
-    cases = [(p, phase) for p in patients for phase in phases]
-    written: dict[str, Path] = {}
-    failed: list[str] = []
-    skipped = 0
-    for p, phase in progress(shard(cases, num_parts, part_id), "gradmap"):
+    cases = shard([(p, phase) for p in patients for phase in phases], num_parts, part_id)
+    targets = {f"{p.id}_{phase}": gradmap_path(out, p.id, phase) for p, phase in cases}
+
+    def work(case: tuple[Patient, str]) -> bool:
+        p, phase = case
         key = f"{phase}_T2"
-        t2_path = p.get(key) or expected_path(cohort, p.id, key)
-        target = gradmap_path(out, p.id, phase)
-        try:
-            ran = gradmap_case(
-                t2_path,
-                boxes_path(boxes, p.id, phase),
-                target,
-                sigma,
-                gain,
-                sigma_mm,
-                context,
-                force,
-            )
-        except HntsegError as exc:
-            log.error(str(exc))
-            failed.append(f"{p.id}_{phase}")
-            continue
-        skipped += not ran
-        written[f"{p.id}_{phase}"] = target
-    if skipped:
-        log.info(f"gradmap: {skipped} case(s) already done (use --force to redo)")
-    if failed:
-        raise StageError(f"gradmap: {len(failed)} case(s) failed: {', '.join(failed)}")
-    return written
+        return gradmap_case(
+            p.get(key) or expected_path(cohort, p.id, key),
+            boxes_path(boxes, p.id, phase),
+            targets[f"{p.id}_{phase}"],
+            sigma,
+            gain,
+            sigma_mm,
+            context,
+            force,
+        )
+
+    done = run_cases("gradmap", ((f"{p.id}_{phase}", (p, phase)) for p, phase in cases), work)
+    return {key: targets[key] for key in done}

@@ -16,10 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from hntseg.boxes import BoxSet, boxes_path, read_boxes
-from hntseg.cohort import PHASES
-from hntseg.errors import InputError, StageError
+from hntseg.cohort import Patient
+from hntseg.errors import InputError
 from hntseg.io import Grid, atomic_path, read_image, read_mask
-from hntseg.log import log, progress
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
 MASK_COLOURS = ("yellow", "lime", "magenta", "orange")
@@ -207,61 +206,52 @@ def qc_cohort(
     """QC pictures for a cohort: OUT/<id>_<phase>_qc.png. Mid-RT: the mid-RT T2, its boxes and
     gradient map, the registered pre-RT mask and (if present) the mid-RT ground truth;
     pre-RT: the pre-RT T2 and mask. Failed cases are logged, then a StageError."""
-    from hntseg.cohort import discover, shard
-    from hntseg.errors import HntsegError
+    from hntseg.cohort import check_phases, discover, run_cases, shard
     from hntseg.gradmap import gradmap_path
     from hntseg.records import is_done, record_path, write_record
 
-    bad = [p for p in phases if p not in PHASES]
-    if bad:
-        raise InputError(f"--phase {bad[0]!r}: expected one of {', '.join(PHASES)}")
+    phases = check_phases(phases)
     cohort = Path(cohort)
     patients = discover(cohort, required=(), ids=ids)
     reg_root = Path(registered) if registered is not None else cohort
     reg = {p.id: p for p in patients}
     if "midRT" in phases and reg_root.resolve() != cohort.resolve():
         reg = {p.id: p for p in discover(reg_root, required=())}
-    written: dict[str, Path] = {}
-    failed: list[str] = []
-    for p, phase in progress(
-        shard([(p, f) for p in patients for f in phases], num_parts, part_id), "qc"
-    ):
-        target = qc_path(out, p.id, phase)
-        try:
-            t2_path = p.require(f"{phase}_T2")[0]
-            mask_paths: dict[str, Path] = {}
-            if phase == "midRT":
-                r = reg.get(p.id)
-                if r is not None and r.has("preRT_mask_registered"):
-                    mask_paths["registered pre-RT"] = r.get("preRT_mask_registered")
-                if p.has("midRT_mask"):
-                    mask_paths["mid-RT truth"] = p.get("midRT_mask")
-            elif p.has("preRT_mask"):
-                mask_paths["pre-RT"] = p.get("preRT_mask")
-            inputs = {
-                "t2": t2_path,
-                "boxes": boxes_path(boxes, p.id, phase),
-                "gradmap": gradmap_path(gradmaps, p.id, phase),
-                **{f"mask:{k}": v for k, v in mask_paths.items()},
-            }
-            for key in ("boxes", "gradmap"):
-                if not inputs[key].is_file():
-                    raise InputError(f"{inputs[key]}: {key} file not found")
-            rec = record_path(target)
-            if not force and is_done(rec, inputs, {}):
-                written[f"{p.id}_{phase}"] = target
-                continue
-            t2 = read_image(t2_path, "T2 image")
-            boxset = read_boxes(inputs["boxes"], Grid.of(t2))
-            gm = read_image(inputs["gradmap"], "gradient map")
-            masks = {k: read_mask(v) for k, v in mask_paths.items()}
-            qc_case(t2, boxset, gm, masks, target, title=f"patient {p.id} {phase}")
-            write_record(rec, "qc", inputs, {}, [target])
-        except HntsegError as exc:
-            log.error(str(exc))
-            failed.append(f"{p.id}_{phase}")
-            continue
-        written[f"{p.id}_{phase}"] = target
-    if failed:
-        raise StageError(f"qc: {len(failed)} case(s) failed: {', '.join(failed)}")
-    return written
+    cases = shard([(p, f) for p in patients for f in phases], num_parts, part_id)
+    targets = {f"{p.id}_{phase}": qc_path(out, p.id, phase) for p, phase in cases}
+
+    def work(case: tuple[Patient, str]) -> bool:
+        p, phase = case
+        target = targets[f"{p.id}_{phase}"]
+        t2_path = p.require(f"{phase}_T2")[0]
+        mask_paths: dict[str, Path] = {}
+        if phase == "midRT":
+            r = reg.get(p.id)
+            if r is not None and r.has("preRT_mask_registered"):
+                mask_paths["registered pre-RT"] = r.get("preRT_mask_registered")
+            if p.has("midRT_mask"):
+                mask_paths["mid-RT truth"] = p.get("midRT_mask")
+        elif p.has("preRT_mask"):
+            mask_paths["pre-RT"] = p.get("preRT_mask")
+        inputs = {
+            "t2": t2_path,
+            "boxes": boxes_path(boxes, p.id, phase),
+            "gradmap": gradmap_path(gradmaps, p.id, phase),
+            **{f"mask:{k}": v for k, v in mask_paths.items()},
+        }
+        for key in ("boxes", "gradmap"):
+            if not inputs[key].is_file():
+                raise InputError(f"{inputs[key]}: {key} file not found")
+        rec = record_path(target)
+        if not force and is_done(rec, inputs, {}):
+            return False
+        t2 = read_image(t2_path, "T2 image")
+        boxset = read_boxes(inputs["boxes"], Grid.of(t2))
+        gm = read_image(inputs["gradmap"], "gradient map")
+        masks = {k: read_mask(v) for k, v in mask_paths.items()}
+        qc_case(t2, boxset, gm, masks, target, title=f"patient {p.id} {phase}")
+        write_record(rec, "qc", inputs, {}, [target])
+        return True
+
+    done = run_cases("qc", ((f"{p.id}_{phase}", (p, phase)) for p, phase in cases), work)
+    return {key: targets[key] for key in done}

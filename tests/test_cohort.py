@@ -70,3 +70,30 @@ def test_shard_partitions():
     assert sorted(sum(parts, [])) == items
     with pytest.raises(InputError):
         shard(items, 3, 3)
+
+
+def test_run_cases_isolates_failures_and_names_them(caplog):
+    from hntseg.cohort import run_cases
+    from hntseg.errors import InputError, StageError
+
+    seen: list[str] = []
+
+    def work(case: str) -> bool:
+        seen.append(case)
+        if case == "b":
+            raise InputError("b.nii.gz: empty image")
+        return case != "c"  # c: already done
+
+    with pytest.raises(StageError, match=r"demo: 1 case\(s\) failed: 2_midRT"):
+        run_cases("demo", [("1_midRT", "a"), ("2_midRT", "b"), ("3_midRT", "c")], work)
+    assert seen == ["a", "b", "c"]  # the bad case did not stop the others
+    assert run_cases("demo", [("1_midRT", "a"), ("3_midRT", "c")], work) == ["1_midRT", "3_midRT"]
+
+
+def test_check_phases():
+    from hntseg.cohort import check_phases
+    from hntseg.errors import InputError
+
+    assert check_phases(("preRT",)) == ["preRT"]
+    with pytest.raises(InputError, match="--phase 'midrt'"):
+        check_phases(["midRT", "midrt"])
