@@ -16,7 +16,8 @@ ensembling; hntseg averages softmax.
     .venv/bin/python benchmarks/predict.py [--small] [--device auto|cpu|cuda] [--keep DIR]
     .venv/bin/python benchmarks/predict.py --estimate   # real size on a CPU: see below
 
-At the real size a CPU needs hours for the four variants. `--estimate` runs none of them: it
+At the real size a CPU needs hours for the four variants, so there, unless `--full`, the
+benchmark runs as `--estimate`. `--estimate` runs none of them: it
 times the planned network on one patch (median of 3 passes after a warm-up), counts the
 sliding-window tiles nnU-Net uses for the case (step 0.5) and prints the network time that
 5 folds need with and without mirroring TTA. It is a lower bound (no preprocessing,
@@ -201,6 +202,9 @@ def main() -> None:
         action="store_true",
         help="Time one patch of the planned network and extrapolate; run no variant.",
     )
+    ap.add_argument(
+        "--full", action="store_true", help="Run the variants even at real size on a CPU."
+    )
     args = ap.parse_args()
 
     import torch
@@ -211,6 +215,9 @@ def main() -> None:
     size, spacing = (
         ((160, 160, 24), (1.5, 1.5, 6.0)) if args.small else ((512, 512, 75), (0.5, 0.5, 2.0))
     )
+    if device == "cpu" and not args.small and not args.full and not args.estimate:
+        print("real size on a CPU: estimating (the variants take hours; --full runs them)")
+        args.estimate = True
     base = args.keep or Path(tempfile.mkdtemp(prefix="hntseg-bench-predict-"))
     cohort, work = base / "cohort", base / "work"
     t = time.perf_counter()
