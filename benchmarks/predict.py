@@ -15,13 +15,16 @@ ensembling; hntseg averages softmax.
 
     .venv/bin/python benchmarks/predict.py [--small] [--device auto|cpu|cuda] [--keep DIR]
     .venv/bin/python benchmarks/predict.py --estimate   # real size on a CPU: see below
+    .venv/bin/python benchmarks/predict.py --full --folds 1 --tta off   # a measured CPU run
 
 At the real size a CPU needs hours for the four variants, so there, unless `--full`, the
 benchmark runs as `--estimate`. `--estimate` runs none of them: it
 times the planned network on one patch (median of 3 passes after a warm-up), counts the
 sliding-window tiles nnU-Net uses for the case (step 0.5) and prints the network time that
 5 folds need with and without mirroring TTA. It is a lower bound (no preprocessing,
-resampling or export) and is labelled as an extrapolation.
+resampling or export) and is labelled as an extrapolation. `--folds K --tta off` measures a
+cheaper real run (the first K folds, one TTA setting) to check that bound against; its
+header says how many folds ran.
 """
 
 from __future__ import annotations
@@ -205,7 +208,13 @@ def main() -> None:
     ap.add_argument(
         "--full", action="store_true", help="Run the variants even at real size on a CPU."
     )
+    ap.add_argument(
+        "--folds", type=int, default=5, choices=range(1, 6), help="Ensemble the first K folds."
+    )
+    ap.add_argument("--tta", default="both", choices=("both", "on", "off"))
     args = ap.parse_args()
+    folds = FOLDS[: args.folds]
+    ttas = {"both": (True, False), "on": (True,), "off": (False,)}[args.tta]
 
     import torch
 
@@ -244,7 +253,7 @@ def main() -> None:
     # nnUNetv2_predict's input: the same channel files (T2 + hntseg's cached gradient map)
     ready = base / "ready"
     variants = []
-    for tta in (True, False):
+    for tta in ttas:
         out = base / f"hntseg_{'tta' if tta else 'notta'}"
         code = HNTSEG_CHILD.format(
             root=str(ROOT),
@@ -252,7 +261,7 @@ def main() -> None:
             work=str(work),
             did=DATASET_ID,
             out=str(out),
-            folds=list(FOLDS),
+            folds=list(folds),
             tta=tta,
             device=device,
         )
@@ -263,10 +272,10 @@ def main() -> None:
             )
         )
     exe = Path(sys.executable).with_name("nnUNetv2_predict")
-    for tta in (True, False):
+    for tta in ttas:
         cmd = [str(exe), "-i", str(ready), "-o", str(base / f"nnunet_{tta}"), "-d", str(DATASET_ID)]
         cmd += ["-c", "3d_fullres", "-p", "nnUNetResEncUNetMPlans", "-tr", "nnUNetTrainer"]
-        cmd += ["-f", *map(str, FOLDS), "-device", device, "-npp", "1", "-nps", "1"]
+        cmd += ["-f", *map(str, folds), "-device", device, "-npp", "1", "-nps", "1"]
         if not tta:
             cmd.append("--disable_tta")
         if not args.skip_nnunet:
@@ -276,29 +285,33 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
     print(
         f"\n{label} ({name}), 1 case {size[0]}x{size[1]}x{size[2]} voxels at "
-        f"{'x'.join(f'{s:g}' for s in spacing)} mm, 5 folds; seconds include process start "
-        "and model load"
+        f"{'x'.join(f'{s:g}' for s in spacing)} mm, {len(folds)} of 5 folds; seconds include "
+        "process start and model load"
     )
     print(
         f"{'variant':40s} {'wall s':>8s} {'predict s':>10s} {'peak RSS MiB':>13s} "
         f"{'peak CUDA MiB':>14s}"
     )
     for i, (title, cmd) in enumerate(variants):
-        if i == 2:  # hntseg's first run cached the gradient map: give nnU-Net the same files
+        if i == len(ttas):  # hntseg cached the gradient map: give nnU-Net the same files
             ready.mkdir(exist_ok=True)
             shutil.copy(cohort / "1" / "midRT" / "1_midRT_T2.nii.gz", ready / "1_0000.nii.gz")
-            cache = base / "hntseg_tta" / ".cache" / "1_midRT_gradmap.nii.gz"
+            first = "tta" if ttas[0] else "notta"
+            cache = base / f"hntseg_{first}" / ".cache" / "1_midRT_gradmap.nii.gz"
             shutil.copy(cache, ready / "1_0001.nii.gz")
         r = run_variant(cmd, env)
         inner = r["inner"] or {}
         pred = f"{inner['inner_s']:.1f}" if inner.get("inner_s") else "-"
         cuda = f"{inner['cuda_bytes'] / 2**20:.0f}" if inner.get("cuda_bytes") else "-"
         print(f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {r['rss_kb'] / 1024:13.0f} {cuda:>14s}")
-    a = sitk.GetArrayFromImage(sitk.ReadImage(str(base / "hntseg_tta" / "1.nii.gz")))
-    if (base / "nnunet_True" / "1.nii.gz").is_file():
-        b = sitk.GetArrayFromImage(sitk.ReadImage(str(base / "nnunet_True" / "1.nii.gz")))
+    tta = ttas[0]
+    if (base / f"nnunet_{tta}" / "1.nii.gz").is_file():
+        mine = base / f"hntseg_{'tta' if tta else 'notta'}" / "1.nii.gz"
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(mine)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(base / f"nnunet_{tta}" / "1.nii.gz")))
         print(
-            f"voxels differing hntseg vs nnUNetv2_predict (TTA): {int((a != b).sum())} of {a.size}"
+            f"voxels differing hntseg vs nnUNetv2_predict (TTA {'on' if tta else 'off'}): "
+            f"{int((a != b).sum())} of {a.size}"
         )
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
