@@ -292,19 +292,23 @@ class Ensemble:
             verbose=False,
         )
         dct = next(ppa)
-        if self.ensemble == "logits" or len(p.list_of_parameters) == 1:
-            logits = p.predict_logits_from_preprocessed_data(dct["data"]).cpu()
-        else:
-            total = None
-            net = getattr(p.network, "_orig_mod", p.network)  # torch.compile'd or not
+        # The folds are looped here, not in nnU-Net's predict_logits_from_preprocessed_data:
+        # that caps torch's threads at nnUNet_def_n_proc (the worker count, 1 on a 2-core
+        # machine), which halved CPU speed.
+        total = None
+        net = getattr(p.network, "_orig_mod", p.network)  # torch.compile'd or not
+        with torch.inference_mode():
             for params in p.list_of_parameters:
                 net.load_state_dict(params)
-                with torch.inference_mode():
-                    fold_logits = p.predict_sliding_window_return_logits(dct["data"]).to("cpu")
-                probs = torch.softmax(fold_logits.float(), dim=0)
-                total = probs if total is None else total.add_(probs)
-            # log of the mean probabilities: nnU-Net's softmax of these gives back the mean
-            logits = torch.log(total / len(p.list_of_parameters)).clamp_(min=-1e4)
+                fold = p.predict_sliding_window_return_logits(dct["data"]).to("cpu").float()
+                if self.ensemble == "softmax":
+                    fold = torch.softmax(fold, dim=0)
+                total = fold if total is None else total.add_(fold)
+            assert total is not None  # initialize_from_trained_model_folder loads >= 1 fold
+            total /= len(p.list_of_parameters)
+            # softmax: the log of the mean probabilities (nnU-Net's softmax gives them
+            # back); logits: the mean logits, as nnUNetv2_predict ensembles
+            logits = torch.log(total).clamp_(min=-1e4) if self.ensemble == "softmax" else total
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits,
             p.plans_manager,

@@ -106,3 +106,31 @@ def test_chain_build_train_predict(tmp_path, monkeypatch):
 
     summary = evaluate(pred, cohort)
     assert {row["id"] for row in summary["cases"]} == {"1", "2", "3", "4"}
+
+    # One fold on the CPU keeps every torch thread: nnU-Net's own logits helper caps them at
+    # nnUNet_def_n_proc (1 on a 2-core machine), which halved CPU prediction speed.
+    import os
+
+    import torch
+    from nnunetv2.inference import predict_from_raw_data as nnunet_predict
+
+    from hntseg.predict import ensemble_predict
+
+    monkeypatch.setattr(nnunet_predict, "default_num_processes", 1)
+    seen: list[int] = []
+    sliding = nnunet_predict.nnUNetPredictor.predict_sliding_window_return_logits
+
+    def spy(self, data):
+        seen.append(torch.get_num_threads())
+        return sliding(self, data)
+
+    monkeypatch.setattr(nnunet_predict.nnUNetPredictor, "predict_sliding_window_return_logits", spy)
+    segs = {}
+    for mode in ("softmax", "logits"):
+        out = tmp_path / f"one_fold_{mode}"
+        ensemble_predict(
+            cohort, work, 42, out, folds=[0], tta=False, device="cpu", ids=["1"], ensemble=mode
+        )
+        segs[mode] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "1.nii.gz")))
+    assert seen and set(seen) == {os.cpu_count() or 1}, seen
+    assert np.array_equal(segs["softmax"], segs["logits"])  # one fold: the same argmax
