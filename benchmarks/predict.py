@@ -170,6 +170,11 @@ def estimate(work: Path, folder: Path, size: tuple[int, ...], spacing: tuple[flo
         )
 
 
+def hntseg_out(base: Path, tta: bool) -> Path:
+    """Where hntseg's variant with / without TTA writes."""
+    return base / f"hntseg_{'tta' if tta else 'notta'}"
+
+
 def run_variant(cmd: list[str], env: dict[str, str]) -> dict:
     """Run one variant in a fresh wrapper process; wall time and the tree's peak RSS."""
     wrapper = (
@@ -254,7 +259,7 @@ def main() -> None:
     ready = base / "ready"
     variants = []
     for tta in ttas:
-        out = base / f"hntseg_{'tta' if tta else 'notta'}"
+        out = hntseg_out(base, tta)
         code = HNTSEG_CHILD.format(
             root=str(ROOT),
             cohort=str(cohort),
@@ -296,8 +301,7 @@ def main() -> None:
         if i == len(ttas):  # hntseg cached the gradient map: give nnU-Net the same files
             ready.mkdir(exist_ok=True)
             shutil.copy(cohort / "1" / "midRT" / "1_midRT_T2.nii.gz", ready / "1_0000.nii.gz")
-            first = "tta" if ttas[0] else "notta"
-            cache = base / f"hntseg_{first}" / ".cache" / "1_midRT_gradmap.nii.gz"
+            cache = hntseg_out(base, ttas[0]) / ".cache" / "1_midRT_gradmap.nii.gz"
             shutil.copy(cache, ready / "1_0001.nii.gz")
         r = run_variant(cmd, env)
         inner = r["inner"] or {}
@@ -306,7 +310,7 @@ def main() -> None:
         print(f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {r['rss_kb'] / 1024:13.0f} {cuda:>14s}")
     tta = ttas[0]
     if (base / f"nnunet_{tta}" / "1.nii.gz").is_file():
-        mine = base / f"hntseg_{'tta' if tta else 'notta'}" / "1.nii.gz"
+        mine = hntseg_out(base, tta) / "1.nii.gz"
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(mine)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(base / f"nnunet_{tta}" / "1.nii.gz")))
         print(
