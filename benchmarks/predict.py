@@ -16,6 +16,7 @@ ensembling; hntseg averages softmax.
     .venv/bin/python benchmarks/predict.py [--small] [--device auto|cpu|cuda] [--keep DIR]
     .venv/bin/python benchmarks/predict.py --estimate   # real size on a CPU: see below
     .venv/bin/python benchmarks/predict.py --full --folds 1 --tta off   # a measured CPU run
+    .venv/bin/python benchmarks/predict.py --precision both ...   # + hntseg --cpu-bf16
 
 At the real size a CPU needs hours for the four variants, so there, unless `--full`, the
 benchmark runs as `--estimate`. `--estimate` runs none of them: it
@@ -24,7 +25,9 @@ sliding-window tiles nnU-Net uses for the case (step 0.5) and prints the network
 5 folds need with and without mirroring TTA. It is a lower bound (no preprocessing,
 resampling or export) and is labelled as an extrapolation. `--folds K --tta off` measures a
 cheaper real run (the first K folds, one TTA setting) to check that bound against; its
-header says how many folds ran.
+header says how many folds ran. `--precision bf16|both` runs hntseg with `--cpu-bf16` too
+and prints how many voxels its mask differs from the float32 one (from this run, or from an
+earlier run kept with `--keep`).
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ import torch
 from hntseg.predict import ensemble_predict
 t = time.perf_counter()
 ensemble_predict({cohort!r}, {work!r}, {did}, {out!r}, folds={folds!r}, tta={tta},
-                 device={device!r}, ids=["1"], force=True)
+                 device={device!r}, ids=["1"], force=True, cpu_bf16={bf16})
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 print("RESULT", json.dumps({{"inner_s": time.perf_counter() - t, "cuda_bytes": cuda}}))
 """
@@ -170,9 +173,16 @@ def estimate(work: Path, folder: Path, size: tuple[int, ...], spacing: tuple[flo
         )
 
 
-def hntseg_out(base: Path, tta: bool) -> Path:
-    """Where hntseg's variant with / without TTA writes."""
-    return base / f"hntseg_{'tta' if tta else 'notta'}"
+def hntseg_out(base: Path, tta: bool, bf16: bool = False) -> Path:
+    """Where hntseg's variant with / without TTA (float32, or bfloat16 on a CPU) writes."""
+    return base / f"hntseg_{'tta' if tta else 'notta'}{'_bf16' if bf16 else ''}"
+
+
+def differing(a: Path, b: Path) -> str:
+    """'N of M' voxels where two label images differ."""
+    x = sitk.GetArrayFromImage(sitk.ReadImage(str(a)))
+    y = sitk.GetArrayFromImage(sitk.ReadImage(str(b)))
+    return f"{int((x != y).sum())} of {x.size}"
 
 
 def run_variant(cmd: list[str], env: dict[str, str]) -> dict:
@@ -217,6 +227,12 @@ def main() -> None:
         "--folds", type=int, default=5, choices=range(1, 6), help="Ensemble the first K folds."
     )
     ap.add_argument("--tta", default="both", choices=("both", "on", "off"))
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "both"),
+        help="hntseg's network precision on a CPU: float32 (nnU-Net's), --cpu-bf16, or both.",
+    )
     args = ap.parse_args()
     folds = FOLDS[: args.folds]
     ttas = {"both": (True, False), "on": (True,), "off": (False,)}[args.tta]
@@ -258,24 +274,25 @@ def main() -> None:
     # nnUNetv2_predict's input: the same channel files (T2 + hntseg's cached gradient map)
     ready = base / "ready"
     variants = []
-    for tta in ttas:
-        out = hntseg_out(base, tta)
-        code = HNTSEG_CHILD.format(
-            root=str(ROOT),
-            cohort=str(cohort),
-            work=str(work),
-            did=DATASET_ID,
-            out=str(out),
-            folds=list(folds),
-            tta=tta,
-            device=device,
-        )
-        variants.append(
-            (
-                f"hntseg ensemble-predict, TTA {'on ' if tta else 'off'}",
-                [sys.executable, "-c", code],
+    precisions = {"fp32": (False,), "bf16": (True,), "both": (False, True)}[args.precision]
+    if device != "cpu":
+        precisions = (False,)  # --cpu-bf16 applies to CPUs
+    for bf16 in precisions:
+        for tta in ttas:
+            code = HNTSEG_CHILD.format(
+                root=str(ROOT),
+                cohort=str(cohort),
+                work=str(work),
+                did=DATASET_ID,
+                out=str(hntseg_out(base, tta, bf16)),
+                folds=list(folds),
+                tta=tta,
+                device=device,
+                bf16=bf16,
             )
-        )
+            title = f"hntseg ensemble-predict, TTA {'on ' if tta else 'off'}"
+            variants.append((title + (", bf16" if bf16 else ""), [sys.executable, "-c", code]))
+    n_hntseg = len(variants)
     exe = Path(sys.executable).with_name("nnUNetv2_predict")
     for tta in ttas:
         cmd = [str(exe), "-i", str(ready), "-o", str(base / f"nnunet_{tta}"), "-d", str(DATASET_ID)]
@@ -298,25 +315,25 @@ def main() -> None:
         f"{'peak CUDA MiB':>14s}"
     )
     for i, (title, cmd) in enumerate(variants):
-        if i == len(ttas):  # hntseg cached the gradient map: give nnU-Net the same files
+        if i == n_hntseg:  # hntseg cached the gradient map: give nnU-Net the same files
             ready.mkdir(exist_ok=True)
             shutil.copy(cohort / "1" / "midRT" / "1_midRT_T2.nii.gz", ready / "1_0000.nii.gz")
-            cache = hntseg_out(base, ttas[0]) / ".cache" / "1_midRT_gradmap.nii.gz"
+            cache = hntseg_out(base, ttas[0], precisions[0]) / ".cache" / "1_midRT_gradmap.nii.gz"
             shutil.copy(cache, ready / "1_0001.nii.gz")
         r = run_variant(cmd, env)
         inner = r["inner"] or {}
         pred = f"{inner['inner_s']:.1f}" if inner.get("inner_s") else "-"
         cuda = f"{inner['cuda_bytes'] / 2**20:.0f}" if inner.get("cuda_bytes") else "-"
         print(f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {r['rss_kb'] / 1024:13.0f} {cuda:>14s}")
-    tta = ttas[0]
-    if (base / f"nnunet_{tta}" / "1.nii.gz").is_file():
-        mine = hntseg_out(base, tta) / "1.nii.gz"
-        a = sitk.GetArrayFromImage(sitk.ReadImage(str(mine)))
-        b = sitk.GetArrayFromImage(sitk.ReadImage(str(base / f"nnunet_{tta}" / "1.nii.gz")))
-        print(
-            f"voxels differing hntseg vs nnUNetv2_predict (TTA {'on' if tta else 'off'}): "
-            f"{int((a != b).sum())} of {a.size}"
-        )
+    for tta in ttas:
+        fp32, bf16 = hntseg_out(base, tta) / "1.nii.gz", hntseg_out(base, tta, True) / "1.nii.gz"
+        theirs = base / f"nnunet_{tta}" / "1.nii.gz"
+        on = "on" if tta else "off"
+        if fp32.is_file() and theirs.is_file() and not args.skip_nnunet:
+            diff = differing(fp32, theirs)
+            print(f"voxels differing hntseg vs nnUNetv2_predict (TTA {on}): {diff}")
+        if fp32.is_file() and bf16.is_file() and True in precisions:
+            print(f"voxels differing hntseg bf16 vs float32 (TTA {on}): {differing(bf16, fp32)}")
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -18,24 +18,8 @@ import numpy as np
 
 from hntseg.errors import InputError
 from hntseg.evaluate import _jsonable, find_masks, score
+from hntseg.figures import pyplot, save_png
 from hntseg.io import LABEL_NAMES, read_mask, write_json, write_text
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    from hntseg.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-    return path
 
 
 def _nonempty_dsc(rows: Sequence[dict[str, Any]], name: str) -> dict[str, float]:
@@ -113,7 +97,7 @@ def compare(
 
 def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
     """Violin plot of paired DSC per structure, with the cases' points and pairing lines."""
-    plt = _plt()
+    plt = pyplot()
     names = result["names"]
     fig, axes = plt.subplots(1, len(LABEL_NAMES), figsize=(8, 4), sharey=True)
     for ax, name in zip(np.atleast_1d(axes), LABEL_NAMES.values(), strict=True):
@@ -135,10 +119,7 @@ def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("DSC per case")
     fig.tight_layout()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- volume change
@@ -228,7 +209,7 @@ def volume_change(
 
 def plot_volume_change(result: dict[str, Any], path: str | Path) -> Path:
     """Scatter of DSC against volume change per structure, coloured by mid-RT volume bin."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(LABEL_NAMES), figsize=(9, 4), sharey=True)
     colours = plt.get_cmap("viridis")
     for ax, name in zip(np.atleast_1d(axes), LABEL_NAMES.values(), strict=True):
@@ -254,7 +235,4 @@ def plot_volume_change(result: dict[str, Any], path: str | Path) -> Path:
         ax.legend(fontsize=7, loc="lower right")
     np.atleast_1d(axes)[0].set_ylabel("DSC per case")
     fig.tight_layout()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_png(fig, path)

@@ -346,13 +346,14 @@ def boxes_cohort(
     `OUT/<id>/<id>_preRT_boxes.json` from the pre-RT mask. The seed of a case is
     `case_seed(seed, "<id>_<phase>", "boxes")`, so adding cases changes no other case.
     Returns {"<id>_<phase>": path}. Failed cases are logged; then a StageError."""
-    from hntseg.cohort import check_phases, run_cases, shard
+    from hntseg.cohort import check_phases, run_cases, shard_by_patient
     from hntseg.records import case_seed
 
     cohort = Path(cohort)
     phases = check_phases(phases)
     margin = parse_margin(margin)
-    cases = shard(_masks_for(cohort, registered, ids, phases), num_parts, part_id)
+    cases = _masks_for(cohort, registered, ids, phases)
+    cases = shard_by_patient(cases, lambda c: c[0], num_parts, part_id)
     targets = {f"{pid}_{phase}": boxes_path(out, pid, phase) for pid, phase, _ in cases}
 
     def work(case: tuple[str, str, Path]) -> bool:

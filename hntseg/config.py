@@ -76,6 +76,7 @@ SCHEMA: dict[str, Any] = {
         "epochs": Opt("int", minimum=1),
         "iterations_per_epoch": Opt("int", minimum=1),
         "batch_size": Opt("int", nullable=True, minimum=1),
+        "patch_size": Opt("ints", nullable=True),
     },
     "predict": {
         "cohort": Opt("path", nullable=True),
@@ -85,6 +86,7 @@ SCHEMA: dict[str, Any] = {
         "folds": Opt("ints", nullable=True),
         "margin": Opt("int", minimum=0),
         "tta": Opt("bool"),
+        "cpu_bf16": Opt("bool"),
         "out": Opt("path", nullable=True),
     },
     "evaluate": {

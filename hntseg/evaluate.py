@@ -435,14 +435,22 @@ def evaluate(
     hd95: str = "pooled",
     allow_missing: bool = False,
     force: bool = False,
+    figures: bool = False,
 ) -> dict[str, Any]:
     """Score every ground-truth case; return the summary with the per-case rows under
     "cases". With `out`, write OUT/cases.csv, OUT/summary.json and a record (an
-    up-to-date record means the work is reused unless `force`)."""
+    up-to-date record means the work is reused unless `force`); with `figures` also
+    OUT/figures/ (per-case DSC, and each structure's worst cases pictured)."""
     from hntseg.records import is_done, write_record
 
     metrics = _check_options(metrics, hd95)
-    params = {"metrics": metrics, "hd95": hd95, "allow_missing": allow_missing}
+    params: dict[str, Any] = {"metrics": metrics, "hd95": hd95, "allow_missing": allow_missing}
+    if figures:
+        if out is None:
+            raise InputError("--figures: give --out (the figures go to OUT/figures/)")
+        if "dsc" not in metrics:
+            raise InputError("--figures: needs the dsc metric (--metrics ... dsc)")
+        params["figures"] = True  # only when set, so earlier records still match
     if out is not None:
         out = Path(out)
         cases = match_cases(pred_dir, gt_dir, allow_missing)
@@ -458,6 +466,11 @@ def evaluate(
     if out is not None:
         csv_path = write_text(out / "cases.csv", cases_csv(rows))
         json_path = write_json(out / "summary.json", _jsonable(summary))
-        write_record(record, "evaluate", inputs, params, [csv_path, json_path])
+        written = [csv_path, json_path]
+        if figures:
+            from hntseg.figures import evaluation_figures
+
+            written += evaluation_figures(rows, summary.get("dscagg") or {}, cases, out)
+        write_record(record, "evaluate", inputs, params, written)
     summary["cases"] = rows
     return summary

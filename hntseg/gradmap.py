@@ -149,7 +149,8 @@ def gradmap_cohort(
 
     phases = check_phases(phases)
     patients = discover(cohort, required=(), ids=ids)
-    cases = shard([(p, phase) for p in patients for phase in phases], num_parts, part_id)
+    # split by patient, as every per-case stage: a patient's phases share a part
+    cases = [(p, phase) for p in shard(patients, num_parts, part_id) for phase in phases]
     targets = {f"{p.id}_{phase}": gradmap_path(out, p.id, phase) for p, phase in cases}
 
     def work(case: tuple[Patient, str]) -> bool:

@@ -251,12 +251,18 @@ class Ensemble:
         ensemble: str = "softmax",
         checkpoint: str = CHECKPOINT,
         tile_step_size: float = 0.5,
+        cpu_bf16: bool = False,
     ):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         if ensemble not in ("softmax", "logits"):
             raise InputError(f"ensemble {ensemble!r}: expected softmax or logits")
         self.ensemble = ensemble
+        # bfloat16 autocast on a CPU: opt-in, as nnU-Net runs CPUs in float32 (and CUDA in
+        # float16 autocast, which it sets itself)
+        self.cpu_bf16 = cpu_bf16 and device.type == "cpu"
+        if cpu_bf16 and not self.cpu_bf16:
+            log.warning(f"--cpu-bf16 ignored on device {device.type} (it applies to CPUs)")
         self.predictor = nnUNetPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
@@ -297,10 +303,13 @@ class Ensemble:
         # machine), which halved CPU speed.
         total = None
         net = getattr(p.network, "_orig_mod", p.network)  # torch.compile'd or not
+        bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16)
         with torch.inference_mode():
             for params in p.list_of_parameters:
                 net.load_state_dict(params)
-                fold = p.predict_sliding_window_return_logits(dct["data"]).to("cpu").float()
+                with bf16:
+                    fold = p.predict_sliding_window_return_logits(dct["data"])
+                fold = fold.to("cpu").float()
                 if self.ensemble == "softmax":
                     fold = torch.softmax(fold, dim=0)
                 total = fold if total is None else total.add_(fold)
@@ -348,10 +357,12 @@ def ensemble_predict(
     ensemble: str = "softmax",
     cache: str | Path | None = None,
     force: bool = False,
+    cpu_bf16: bool = False,
 ) -> list[Path]:
     """Predict every case of INPUT (a cohort, or a folder of `<case>_0000.nii.gz` ...) into
     OUT/<id>.nii.gz (uint8, mid-RT grid). Cases whose record matches are skipped unless
-    `force`; a failing case is reported and the others go on (StageError at the end)."""
+    `force`; a failing case is reported and the others go on (StageError at the end).
+    `cpu_bf16` runs the network in bfloat16 on a CPU: faster, slightly different masks."""
     if isinstance(margin, bool) or int(margin) < 0:
         raise InputError(f"--margin {margin}: must be a fixed number of voxels >= 0")
     margin = int(margin)
@@ -387,6 +398,8 @@ def ensemble_predict(
         "channels": channels,
         "model": str(folder),
     }
+    if cpu_bf16:  # only when set, so records written before the option still match
+        params["cpu_bf16"] = True
     todo = []
     for case in cases:
         out_path = out / f"{case.id}.nii.gz"
@@ -403,10 +416,11 @@ def ensemble_predict(
     console.print(
         f"ensemble-predict: device {describe_device(torch_device)}, folds "
         f"{' '.join(map(str, folds))} of {folder.name}, TTA {'on' if tta else 'off'}"
+        + (", bfloat16" if cpu_bf16 and torch_device.type == "cpu" else "")
     )
     if SHORT_TRAINER in folder.name:
         log.warning(f"{folder.name}: a SMOKE-RUN model (short training), not a usable model")
-    model = Ensemble(folder, folds, torch_device, tta, ensemble)
+    model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
     failed: list[str] = []
     for case, out_path, inputs, rec in progress(todo, "ensemble-predict"):
         try:
@@ -433,6 +447,7 @@ def challenge_predict(
     margin: int = 4,
     trainer: str | None = None,
     ensemble: str = "softmax",
+    cpu_bf16: bool = False,
 ) -> Path:
     """Task 2 container mode: one patient's .mha inputs under INPUT_ROOT/images/... ->
     OUTPUT_ROOT/images/mri-head-neck-segmentation/output.mha (uint8, mid-RT grid)."""
@@ -455,7 +470,8 @@ def challenge_predict(
     console.print(f"ensemble-predict (challenge): device {describe_device(torch_device)}")
     with tempfile.TemporaryDirectory() as tmp:
         t2, data, props = load_case(case, channels, int(margin), Path(tmp))
-    seg = Ensemble(folder, folds, torch_device, tta, ensemble).predict(data, props)
+    model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
+    seg = model.predict(data, props)
     out_path = Path(output_root) / CHALLENGE_OUTPUT
     _write_prediction(seg, t2, out_path)
     return out_path

@@ -18,18 +18,14 @@ import SimpleITK as sitk
 from hntseg.boxes import BoxSet, boxes_path, read_boxes
 from hntseg.cohort import Patient
 from hntseg.errors import InputError
-from hntseg.io import Grid, atomic_path, read_image, read_mask
+from hntseg.figures import pyplot, save_png, window
+from hntseg.io import Grid, read_image, read_mask
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
 MASK_COLOURS = ("yellow", "lime", "magenta", "orange")
 LABEL_STYLES = {1: "solid", 2: "dashed"}
 MAX_ROWS = 8  # boxes shown per picture (the largest first beyond that)
 ZOOM_PAD = 12  # voxels around the box in the zoomed panels
-
-
-def _window(slice_: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(slice_, (1, 99.5))
-    return float(lo), float(hi if hi > lo else lo + 1)
 
 
 def _slice_of(box, mask: np.ndarray | None) -> int:
@@ -51,10 +47,7 @@ def qc_case(
     title: str | None = None,
 ) -> Path:
     """Write the QC picture of one case (PNG, atomic). Images must share the T2's grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
@@ -111,7 +104,7 @@ def qc_case(
     if not shown:
         z = grid.shape[0] // 2
         ax = axes[0, 0]
-        lo, hi = _window(t2a[z])
+        lo, hi = window(t2a[z])
         ax.imshow(t2a[z], cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
         outlines(ax, z, slice(None), slice(None))
         ax.set_title(f"no boxes; T2 slice z={z}")
@@ -122,7 +115,7 @@ def qc_case(
     for row, (j, b) in enumerate(shown):
         z = _slice_of(b, source)
         full = t2a[z]
-        lo, hi = _window(full)
+        lo, hi = window(full)
         name = {1: "GTVp", 2: "GTVn"}.get(b.label, str(b.label))
         ax = axes[row, 0]
         ax.imshow(full, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
@@ -179,11 +172,7 @@ def qc_case(
     )
     fig.suptitle((title or "") + more, y=1 - 0.1 / height, va="top", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, top))
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png, dpi=80)
 
 
 def qc_path(out: str | Path, pid: str, phase: str) -> Path:

@@ -354,8 +354,9 @@ def _plan_stage() -> Stage:
 
 
 def _plans_override(ctx: Context) -> dict[str, Any] | None:
-    batch = ctx.config["train"]["batch_size"]
-    return {"batch_size": batch} if batch else None
+    t = ctx.config["train"]
+    override = {k: t[k] for k in ("batch_size", "patch_size") if t.get(k)}
+    return override or None
 
 
 def _plans() -> str:
@@ -477,6 +478,7 @@ def _predict_stage() -> Stage:
             out=ctx.path("predictions"),
             folds=_predict_folds(ctx),
             tta=p["tta"],
+            cpu_bf16=p["cpu_bf16"],
             margin=p["margin"],
             device=ctx.device or ctx.config["device"],
             ids=_predict_ids(ctx),
@@ -530,7 +532,7 @@ def _evaluate_stage() -> Stage:
             ids = _predict_ids(ctx, whole=True)
             gt = _link_all(out / "_gt", find_masks(gt, "ground truth"), ids)
             pred = _link_all(out / "_pred", find_masks(pred, "prediction"), ids)
-        summary = evaluate(pred_dir=pred, gt_dir=gt, out=out, hd95=e["hd95"])
+        summary = evaluate(pred_dir=pred, gt_dir=gt, out=out, hd95=e["hd95"], figures=e["figures"])
         if isinstance(summary, dict) and "dscagg" in summary:
             return {"dscagg": summary["dscagg"]}
         return None
@@ -546,10 +548,17 @@ def _evaluate_stage() -> Stage:
         "evaluate",
         run,
         inputs,
-        outputs=lambda ctx: [
-            ctx.path("evaluation") / "cases.csv",
-            ctx.path("evaluation") / "summary.json",
-        ],
+        outputs=lambda ctx: (
+            [
+                ctx.path("evaluation") / "cases.csv",
+                ctx.path("evaluation") / "summary.json",
+            ]
+            + (
+                [ctx.path("evaluation") / "figures" / "dsc.png"]
+                if ctx.config["evaluate"]["figures"]
+                else []
+            )
+        ),
         options=lambda ctx: {**ctx.config["evaluate"], "ids": _predict_ids(ctx, whole=True)},
         after=("synth", "predict"),
     )

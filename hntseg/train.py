@@ -15,6 +15,7 @@ bit-reproducible (nnU-Net's augmentation workers and cuDNN are not seeded).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -117,6 +118,47 @@ def plan_and_preprocess(
     return plans_file
 
 
+def apply_plans_override(
+    plans_file: Path, configuration: str, override: dict[str, Any]
+) -> dict[str, Any]:
+    """Replace keys of one configuration in nnU-Net's plans (e.g. the paper's
+    `patch_size` [48, 192, 192] and `batch_size` 8) and return it.
+
+    The network's topology stays the planner's, so a patch must be divisible, axis by
+    axis, by the network's total stride; anything else is a one-line InputError."""
+    plans = read_json(plans_file, "nnU-Net plans")
+    if configuration not in plans["configurations"]:
+        raise InputError(f"{plans_file}: no configuration {configuration}")
+    cfg = plans["configurations"][configuration]
+    batch = override.get("batch_size")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise InputError(f"batch_size {batch!r}: expected a whole number >= 1")
+    patch = override.get("patch_size")
+    if patch is not None:
+        planned = cfg["patch_size"]
+        if (
+            len(patch) != len(planned)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in patch)
+            or min(patch) < 1
+        ):
+            raise InputError(
+                f"patch_size {patch}: expected {len(planned)} whole numbers (z, y, x), "
+                f"like the planned {planned}"
+            )
+        strides = cfg.get("architecture", {}).get("arch_kwargs", {}).get("strides")
+        if strides:
+            total = [math.prod(int(s[i]) for s in strides) for i in range(len(planned))]
+            if any(v % t for v, t in zip(patch, total, strict=True)):
+                raise InputError(
+                    f"patch_size {patch}: each axis must be a multiple of the network's total "
+                    f"stride {total} (z, y, x) in {plans_file.name}; e.g. "
+                    f"{[max(t, round(v / t) * t) for v, t in zip(patch, total, strict=True)]}"
+                )
+    cfg.update(override)
+    write_json(plans_file, plans)
+    return cfg
+
+
 def _plan_and_preprocess(
     dataset_id: int,
     n: int,
@@ -139,11 +181,7 @@ def _plan_and_preprocess(
         )
         plan_experiments([dataset_id], PLANNER, gpu_memory_target_in_gb=gpu_memory_target)
         if plans_override:
-            plans = read_json(plans_file, "nnU-Net plans")
-            if configuration not in plans["configurations"]:
-                raise InputError(f"{plans_file}: no configuration {configuration}")
-            plans["configurations"][configuration].update(plans_override)
-            write_json(plans_file, plans)
+            apply_plans_override(plans_file, configuration, plans_override)
         if configuration not in read_json(plans_file, "nnU-Net plans")["configurations"]:
             raise InputError(f"{plans_file}: nnU-Net planned no {configuration} configuration")
         preprocess([dataset_id], PLANS, configurations=(configuration,), num_processes=(n,))

@@ -221,6 +221,10 @@ def test_cohort_layout_seeds_and_order(cohort, tmp_path):
         assert boxes_path(out_all, pid, "preRT").read_bytes() == (
             boxes_path(out_sh, pid, "preRT").read_bytes()
         )
+    # parts split by patient (nnU-Net's n mod K over sorted ids): both phases together
+    for part, pids in ((0, ["1", "3"]), (1, ["2"])):
+        done = boxes_cohort(cohort, tmp_path / f"p{part}", seed=3, num_parts=2, part_id=part)
+        assert sorted(done) == sorted(f"{i}_{ph}" for i in pids for ph in ("midRT", "preRT"))
 
 
 def test_cohort_skips_done_and_force(cohort, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -197,3 +198,34 @@ def test_fold_never_trained_is_one_line(built, cohort, tmp_path):
     result = runner.invoke(app, ["train", "--work", str(work), "--dataset-id", "99", "--fold", "0"])
     _one_line_error(result, "Dataset099_*")
     assert np.all([p.is_file() for p in (work / "nnUNet_raw").rglob("*.nii.gz")])
+
+
+def test_plans_override_checks_patch_against_the_strides(tmp_path):
+    from hntseg.errors import InputError
+    from hntseg.train import apply_plans_override
+
+    plans = tmp_path / "plans.json"
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]  # total 8, 32, 32
+    cfg = {"patch_size": [32, 224, 192], "batch_size": 2}
+    cfg["architecture"] = {"arch_kwargs": {"strides": strides}}
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": cfg}}))
+    got = apply_plans_override(plans, "3d_fullres", {"patch_size": [48, 192, 192], "batch_size": 8})
+    assert got["patch_size"] == [48, 192, 192] and got["batch_size"] == 8
+    saved = json.loads(plans.read_text())["configurations"]["3d_fullres"]
+    assert saved["patch_size"] == [48, 192, 192] and saved["batch_size"] == 8
+    for bad, needle in (
+        ({"patch_size": [48, 200, 192]}, "multiple of the network's total stride [8, 32, 32]"),
+        ({"patch_size": [48, 192]}, "expected 3 whole numbers"),
+        ({"patch_size": [0, 192, 192]}, "expected 3 whole numbers"),
+        ({"batch_size": 0}, "batch_size 0"),
+    ):
+        with pytest.raises(InputError, match=re.escape(needle)):
+            apply_plans_override(plans, "3d_fullres", bad)
+    assert json.loads(plans.read_text())["configurations"]["3d_fullres"] == saved  # untouched
+    with pytest.raises(InputError, match="no configuration 2d"):
+        apply_plans_override(plans, "2d", {"batch_size": 2})
+
+
+def test_train_patch_size_option_is_parsed_or_one_line(built, tmp_path):
+    args = ["train", "--work", str(built), "--dataset-id", "11", "--fold", "0"]
+    _one_line_error(runner.invoke(app, [*args, "--patch-size", "48,a,192"]), "--patch-size")

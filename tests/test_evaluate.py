@@ -249,3 +249,72 @@ def test_cli_outputs_record_and_reuse(flat_pair, tmp_path):
     assert result.exit_code == 0, result.output
     row = read_cases_csv(out / "cases.csv")[0]
     assert row["hd95"] is None and row["msd"] is None and row["dsc"] is not None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_worst_rows_lowest_dsc_per_structure_stable():
+    from hntseg.figures import worst_rows
+
+    def row(pid, name, dsc, gt=1.0, pred=1.0):
+        return {"id": pid, "structure": name, "dsc": dsc, "gt_mm3": gt, "pred_mm3": pred}
+
+    rows = [
+        row("1", "GTVp", 0.9),
+        row("2", "GTVp", 0.2),
+        row("3", "GTVp", 0.2),
+        row("4", "GTVp", 0.0, gt=0.0, pred=0.0),  # absent in both: nothing to look at
+        row("5", "GTVp", 0.5),
+        row("6", "GTVp", 0.7),
+        row("1", "GTVn", math.nan),  # not computed
+        row("2", "GTVn", 0.1, gt=0.0),  # a false positive on an empty ground truth
+    ]
+    got = [(r["structure"], r["id"]) for r in worst_rows(rows, k=3)]
+    assert got == [("GTVp", "2"), ("GTVp", "3"), ("GTVp", "5"), ("GTVn", "2")]
+
+
+def test_figures_of_the_worst_cases_on_the_t2(tiny_cohort, tmp_path):
+    out = tmp_path / "eval"
+    summary = evaluate(tiny_cohort, tiny_cohort, out, figures=True)  # registered pre-RT masks
+    figures = out / "figures"
+    expected = {"dsc.png"}
+    for name in ("GTVp", "GTVn"):
+        seen = [
+            r
+            for r in summary["cases"]
+            if r["structure"] == name and (r["gt_mm3"] > 0 or r["pred_mm3"] > 0)
+        ]  # a false positive on an empty ground truth (DSC 0) is among the worst
+        worst = sorted(seen, key=lambda r: (r["dsc"], r["id"]))[:3]  # 3 per structure at most
+        assert worst and worst[-1]["dsc"] < 1.0
+        expected |= {f"worst_{name}_{r['id']}.png" for r in worst}
+    assert {p.name for p in figures.iterdir()} == expected
+    for png in figures.iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    record = json.loads((out / "evaluate.record.json").read_text())
+    assert record["params"]["figures"] is True
+    assert {Path(p).name for p in record["outputs"]} >= expected
+    # same inputs -> the same bytes (fixed jitter, no timestamps)
+    again = tmp_path / "again"
+    evaluate(tiny_cohort, tiny_cohort, again, figures=True)
+    for png in figures.iterdir():
+        assert (again / "figures" / png.name).read_bytes() == png.read_bytes()
+
+
+def test_figure_masks_are_the_scored_masks(tiny_cohort):
+    from hntseg.figures import structure_masks
+
+    mid = tiny_cohort / "1" / "midRT"
+    pred, gt = mid / "1_preRT_mask_registered.nii.gz", mid / "1_midRT_mask.nii.gz"
+    for label in (1, 2):
+        _, g, p = structure_masks(pred, gt, label)
+        assert np.array_equal(g, sitk.GetArrayFromImage(sitk.ReadImage(str(gt))) == label)
+        assert np.array_equal(p, sitk.GetArrayFromImage(sitk.ReadImage(str(pred))) == label)
+
+
+def test_figures_need_out_and_dsc(flat_pair):
+    pred_dir, gt_dir, *_ = flat_pair
+    line = one_line_error(runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--figures"]))
+    assert "--figures" in line and "--out" in line
+    with pytest.raises(InputError, match="dsc"):
+        evaluate(pred_dir, gt_dir, gt_dir.parent / "o", metrics=["dscagg"], figures=True)

@@ -165,6 +165,10 @@ def test_cohort_same_bytes_order_independent_and_skips(prepared, tmp_path):
     assert target.stat().st_mtime_ns == stamp
     gradmap_cohort(cohort, boxes, a, ids=["1"], force=True, phases=("preRT",))
     assert target.stat().st_mtime_ns != stamp
+    # job-array parts split by patient: a patient's two phases land in the same part
+    for part, pids in ((0, "13"), (1, "2")):
+        done = gradmap_cohort(cohort, boxes, tmp_path / f"p{part}", num_parts=2, part_id=part)
+        assert set(done) == {f"{i}_{ph}" for i in pids for ph in ("midRT", "preRT")}
 
 
 def test_empty_boxes_file_gives_zero_map_and_warning(prepared, tmp_path):

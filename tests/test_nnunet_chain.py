@@ -2,9 +2,9 @@
 runs) -> ensemble-predict with both folds -> uint8 masks on the exact mid-RT grids.
 
 Tiny on purpose: 4 synthetic patients at 48x48x16 voxels, 2 folds, 1 epoch x 2 iterations
-per fold (1 validation iteration, no final validation), batch size 2 (a plans override;
-nnU-Net's ResEnc M planner gives patch 16x48x48 here), no data-augmentation worker
-processes, prediction without TTA.
+per fold (1 validation iteration, no final validation), plans overridden to batch size 2
+and patch 16x32x32 (nnU-Net's ResEnc M planner gives 16x48x48), no data-augmentation
+worker processes, prediction without TTA.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def test_chain_build_train_predict(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
 
-    plans = plan_and_preprocess(work, 42, plans_override={"batch_size": 2}, workers=0)
+    override = {"batch_size": 2, "patch_size": [16, 32, 32]}  # planned: 16x48x48, batch 2
+    plans = plan_and_preprocess(work, 42, plans_override=override, workers=0)
     assert plans.name == "nnUNetResEncUNetMPlans.json"
     train(work, 42, 0, epochs=1, iterations_per_epoch=2, val_iterations=1, device="cpu", workers=0)
     result = runner.invoke(
@@ -59,7 +60,8 @@ def test_chain_build_train_predict(tmp_path, monkeypatch):
     import json
 
     plan = json.loads(plans.read_text())["configurations"]["3d_fullres"]
-    assert plan["batch_size"] == 2  # the override survived (plans reused by the CLI run)
+    # the overrides survived (plans reused by the CLI run) and trained both folds
+    assert plan["batch_size"] == 2 and plan["patch_size"] == [16, 32, 32]
 
     result = runner.invoke(
         app,
@@ -118,10 +120,14 @@ def test_chain_build_train_predict(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nnunet_predict, "default_num_processes", 1)
     seen: list[int] = []
+    bf16: list[bool] = []
     sliding = nnunet_predict.nnUNetPredictor.predict_sliding_window_return_logits
 
     def spy(self, data):
         seen.append(torch.get_num_threads())
+        bf16.append(
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
         return sliding(self, data)
 
     monkeypatch.setattr(nnunet_predict.nnUNetPredictor, "predict_sliding_window_return_logits", spy)
@@ -134,3 +140,19 @@ def test_chain_build_train_predict(tmp_path, monkeypatch):
         segs[mode] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "1.nii.gz")))
     assert seen and set(seen) == {os.cpu_count() or 1}, seen
     assert np.array_equal(segs["softmax"], segs["logits"])  # one fold: the same argmax
+    assert bf16 == [False, False]  # nnU-Net's float32 on a CPU unless asked
+
+    # --cpu-bf16: the network runs under bfloat16 autocast; a valid mask, recorded as such
+    out = tmp_path / "one_fold_bf16"
+    result = runner.invoke(
+        app,
+        ["ensemble-predict", str(cohort), "--work", str(work), "--dataset-id", "42"]
+        + ["--out", str(out), "--folds", "0", "--no-tta", "--device", "cpu", "--cpu-bf16"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "bfloat16" in result.output
+    assert bf16[2:] == [True] * 4, bf16  # four patients
+    seg = sitk.ReadImage(str(out / "1.nii.gz"))
+    assert seg.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(seg)).tolist()) <= {0, 1, 2}
+    assert json.loads((out / ".records" / "1.record.json").read_text())["params"]["cpu_bf16"]

@@ -79,19 +79,27 @@ def add(app: typer.Typer) -> None:
             False, "--allow-missing", help="Score a missing prediction as empty (as the challenge)."
         ),
         force: bool = typer.Option(False, "--force", help="Recompute even if OUT is up to date."),
+        figures: bool = typer.Option(
+            False,
+            "--figures",
+            help="Also write OUT/figures/: per-case DSC, and each structure's 3 worst cases "
+            "(outlines on the mid-RT T2 when GT_DIR is a cohort).",
+        ),
     ) -> None:
         """Score predictions against mid-RT ground truth: challenge DSCagg, DSC, HD95, MSD."""
         from rich.console import Console
 
         from hntseg.evaluate import evaluate as run
 
-        summary = run(pred_dir, gt_dir, out, _metrics(metrics), hd95, allow_missing, force)
+        summary = run(pred_dir, gt_dir, out, _metrics(metrics), hd95, allow_missing, force, figures)
         console = Console()
         console.print(_table(summary))
         if summary.get("missing_predictions"):
             console.print(f"missing predictions scored empty: {summary['missing_predictions']}")
         if out is not None:
             console.print(f"wrote {out / 'cases.csv'} and {out / 'summary.json'}")
+            if figures:
+                console.print(f"figures in {out / 'figures'}")
 
     @app.command("evaluate-compare")
     def evaluate_compare(

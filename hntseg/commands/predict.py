@@ -41,6 +41,12 @@ def add(app: typer.Typer) -> None:
             Path("/output"), "--output-root", help="Challenge output."
         ),
         force: bool = typer.Option(False, "--force", help="Predict again even if up to date."),
+        cpu_bf16: bool = typer.Option(
+            False,
+            "--cpu-bf16",
+            help="On a CPU, run the network in bfloat16 (about 2x faster on CPUs with "
+            "AVX512-BF16 or AMX; masks may differ at boundaries). Off: nnU-Net's float32.",
+        ),
     ) -> None:
         """Ensemble the trained folds (one model load, folds' softmax averaged) on INPUT."""
         from hntseg.errors import InputError
@@ -64,6 +70,7 @@ def add(app: typer.Typer) -> None:
                 device=device,
                 margin=margin,
                 ensemble=ensemble,
+                cpu_bf16=cpu_bf16,
             )
             console.print(f"wrote {path}")
             return
@@ -82,5 +89,6 @@ def add(app: typer.Typer) -> None:
             margin=margin,
             ensemble=ensemble,
             force=force,
+            cpu_bf16=cpu_bf16,
         )
         console.print(f"{len(paths)} prediction(s) in {out}")

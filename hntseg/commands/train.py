@@ -31,9 +31,33 @@ def add(app: typer.Typer) -> None:
             None, "--workers", help="Data-augmentation processes (default: CPUs - 1, <= 12)."
         ),
         force: bool = typer.Option(False, "--force", help="Retrain a fold that is finished."),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Override the planned batch size (the paper: 8)."
+        ),
+        patch_size: str | None = typer.Option(
+            None,
+            "--patch-size",
+            help="Override the planned patch, Z,Y,X voxels (the paper: 48,192,192); a multiple "
+            "of the network's strides.",
+        ),
     ) -> None:
-        """Plan + preprocess with nnUNetPlannerResEncM (once), then train the fold(s)."""
+        """Plan + preprocess with nnUNetPlannerResEncM (once), then train the fold(s).
+
+        --batch-size / --patch-size are applied when the plans are made; later folds reuse
+        those plans (give the same values, or none)."""
+        from hntseg.errors import InputError
         from hntseg.train import train
+
+        override: dict = {}
+        if batch_size is not None:
+            override["batch_size"] = batch_size
+        if patch_size is not None:
+            try:
+                override["patch_size"] = [int(v) for v in patch_size.replace("x", ",").split(",")]
+            except ValueError:
+                raise InputError(
+                    f"--patch-size {patch_size}: expected Z,Y,X whole numbers, e.g. 48,192,192"
+                ) from None
 
         train(
             work,
@@ -47,4 +71,5 @@ def add(app: typer.Typer) -> None:
             configuration=configuration,
             workers=workers,
             force=force,
+            plans_override=override or None,
         )
