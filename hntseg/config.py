@@ -76,7 +76,7 @@ SCHEMA: dict[str, Any] = {
         "epochs": Opt("int", minimum=1),
         "iterations_per_epoch": Opt("int", minimum=1),
         "batch_size": Opt("int", nullable=True, minimum=1),
-        "patch_size": Opt("ints", nullable=True),
+        "patch_size": Opt("patch3", nullable=True),
     },
     "predict": {
         "cohort": Opt("path", nullable=True),
@@ -107,6 +107,7 @@ _EXPECT = {
     "strs": "a list of strings",
     "size3": "three integers >= 8 (x, y, z voxels), e.g. [64, 64, 16]",
     "spacing3": "three positive numbers (x, y, z mm), e.g. [0.5, 0.5, 2.0]",
+    "patch3": "three whole numbers (z, y, x voxels), e.g. [48, 192, 192]",
     "margin": 'a number of voxels (e.g. 4) or a range "A-B" (e.g. "2-6")',
     "phases": "a list of midRT, preRT",
     "channels": "a list of channels (t2, gradmap, ...) or a set name (paper, no-gradmap, ...)",
@@ -165,6 +166,9 @@ def _check(value: Any, opt: Opt) -> tuple[bool, Any]:
     if k == "size3":
         ok = isinstance(value, list) and len(value) == 3
         return ok and all(_is_int(v) and v >= 8 for v in value), value
+    if k == "patch3":
+        ok = isinstance(value, list) and len(value) == 3
+        return ok and all(_is_int(v) and v >= 1 for v in value), value
     if k == "spacing3":
         ok = isinstance(value, list) and len(value) == 3
         return ok and all(_is_num(v) and v > 0 for v in value), value

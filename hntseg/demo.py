@@ -88,6 +88,8 @@ def where(cfg: dict[str, Any], record: dict[str, Any]) -> str:
         f"score table:  {evaluation / 'cases.csv'}  (summary: {evaluation / 'summary.json'})",
         f"QC pictures:  {work / 'qc'}/",
     ]
+    if (evaluation / "figures").is_dir():
+        lines.append(f"score plots:  {evaluation / 'figures'}/ (per-case DSC, worst cases)")
     summary_path = evaluation / "summary.json"
     if summary_path.is_file():
         summary = read_json(summary_path, "summary")

@@ -67,6 +67,20 @@ def test_resolve_fills_defaults_and_paths(tmp_path):
     assert cfg["gradmap"]["sigma"] == 1.0 and cfg["train"]["folds"] == [0, 1, 2, 3, 4]
     cfg = resolve_config({"cohort": "c", "boxes": {"margin": "2-6"}}, "x.yaml", base=tmp_path)
     assert cfg["boxes"]["margin"] == [2, 6]
+    assert cfg["train"]["patch_size"] is None and cfg["predict"]["cpu_bf16"] is False
+    assert cfg["evaluate"]["figures"] is True
+
+
+def test_plans_override_from_config(tmp_path):
+    from hntseg.engine import Context
+    from hntseg.stages import default_stages
+
+    (tmp_path / "c").mkdir()
+    paper = {"batch_size": 8, "patch_size": [48, 192, 192]}
+    for train, expected in (({}, None), (paper, paper), ({"batch_size": 4}, {"batch_size": 4})):
+        cfg = resolve_config({"cohort": "c", "train": train}, "x.yaml", base=tmp_path)
+        plan = next(s for s in default_stages(cfg) if s.name == "plan")
+        assert plan.options(Context(cfg))["plans_override"] == expected
 
 
 @pytest.mark.parametrize(
@@ -84,6 +98,7 @@ def test_resolve_fills_defaults_and_paths(tmp_path):
         ({"dataset": {"channels": ["t2", "x"]}}, "dataset.channels: unknown channel(s) x"),
         ({"dataset": {"id": 1000}}, "dataset.id: expected an integer in 1..999"),
         ({"dataset": {"n_folds": 3}}, "train.folds: fold 3 does not exist"),
+        ({"train": {"patch_size": [48, 192]}}, "train.patch_size: expected three whole"),
     ],
 )
 def test_config_errors_are_one_line_exit_2(tmp_path, data, needle):
