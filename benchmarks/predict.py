@@ -173,9 +173,10 @@ def estimate(work: Path, folder: Path, size: tuple[int, ...], spacing: tuple[flo
         )
 
 
-def hntseg_out(base: Path, tta: bool, bf16: bool = False) -> Path:
-    """Where hntseg's variant with / without TTA (float32, or bfloat16 on a CPU) writes."""
-    return base / f"hntseg_{'tta' if tta else 'notta'}{'_bf16' if bf16 else ''}"
+def hntseg_out(base: Path, folds: int, tta: bool, bf16: bool = False) -> Path:
+    """Where hntseg's variant with K folds, with / without TTA (float32, or bfloat16 on a
+    CPU) writes; kept runs with other settings never mix."""
+    return base / f"hntseg_{folds}folds_{'tta' if tta else 'notta'}{'_bf16' if bf16 else ''}"
 
 
 def differing(a: Path, b: Path) -> str:
@@ -284,7 +285,7 @@ def main() -> None:
                 cohort=str(cohort),
                 work=str(work),
                 did=DATASET_ID,
-                out=str(hntseg_out(base, tta, bf16)),
+                out=str(hntseg_out(base, len(folds), tta, bf16)),
                 folds=list(folds),
                 tta=tta,
                 device=device,
@@ -295,7 +296,8 @@ def main() -> None:
     n_hntseg = len(variants)
     exe = Path(sys.executable).with_name("nnUNetv2_predict")
     for tta in ttas:
-        cmd = [str(exe), "-i", str(ready), "-o", str(base / f"nnunet_{tta}"), "-d", str(DATASET_ID)]
+        dest = base / f"nnunet_{len(folds)}folds_{tta}"
+        cmd = [str(exe), "-i", str(ready), "-o", str(dest), "-d", str(DATASET_ID)]
         cmd += ["-c", "3d_fullres", "-p", "nnUNetResEncUNetMPlans", "-tr", "nnUNetTrainer"]
         cmd += ["-f", *map(str, folds), "-device", device, "-npp", "1", "-nps", "1"]
         if not tta:
@@ -318,7 +320,8 @@ def main() -> None:
         if i == n_hntseg:  # hntseg cached the gradient map: give nnU-Net the same files
             ready.mkdir(exist_ok=True)
             shutil.copy(cohort / "1" / "midRT" / "1_midRT_T2.nii.gz", ready / "1_0000.nii.gz")
-            cache = hntseg_out(base, ttas[0], precisions[0]) / ".cache" / "1_midRT_gradmap.nii.gz"
+            cache = hntseg_out(base, len(folds), ttas[0], precisions[0]) / ".cache"
+            cache = cache / "1_midRT_gradmap.nii.gz"
             shutil.copy(cache, ready / "1_0001.nii.gz")
         r = run_variant(cmd, env)
         inner = r["inner"] or {}
@@ -326,8 +329,9 @@ def main() -> None:
         cuda = f"{inner['cuda_bytes'] / 2**20:.0f}" if inner.get("cuda_bytes") else "-"
         print(f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {r['rss_kb'] / 1024:13.0f} {cuda:>14s}")
     for tta in ttas:
-        fp32, bf16 = hntseg_out(base, tta) / "1.nii.gz", hntseg_out(base, tta, True) / "1.nii.gz"
-        theirs = base / f"nnunet_{tta}" / "1.nii.gz"
+        fp32 = hntseg_out(base, len(folds), tta) / "1.nii.gz"
+        bf16 = hntseg_out(base, len(folds), tta, True) / "1.nii.gz"
+        theirs = base / f"nnunet_{len(folds)}folds_{tta}" / "1.nii.gz"
         on = "on" if tta else "off"
         if fp32.is_file() and theirs.is_file() and not args.skip_nnunet:
             diff = differing(fp32, theirs)
