@@ -55,8 +55,10 @@ def plot_dsc(rows: Sequence[dict[str, Any]], dscagg: dict[str, Any], path: str |
     names = list(LABEL_NAMES.values())
     fig, ax = plt.subplots(figsize=(2.4 + 1.6 * len(names), 4.2))
     rng = np.random.default_rng(0)  # fixed jitter: same rows, same picture
+    labels = []
     for i, name in enumerate(names):
         values = [r["dsc"] for r in rows if r["structure"] == name and r["gt_mm3"] > 0]
+        labels.append(f"{name}\n(n={len(values)})")
         if values:
             ax.boxplot([values], positions=[i], widths=0.5, showfliers=False)
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=12, alpha=0.7)
@@ -64,17 +66,13 @@ def plot_dsc(rows: Sequence[dict[str, Any]], dscagg: dict[str, Any], path: str |
         if agg is not None:
             ax.plot([i - 0.3, i + 0.3], [agg, agg], color="black", lw=2)
             ax.text(i + 0.32, agg, f"DSCagg {agg:.3f}", va="center", fontsize=8)
-    ax.set_xticks(range(len(names)), [f"{n}\n(n={_n(rows, n)})" for n in names])
+    ax.set_xticks(range(len(names)), labels)
     ax.set_xlim(-0.6, len(names) - 0.1)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("DSC per case")
     ax.set_title("cases whose ground truth has the structure")
     fig.tight_layout()
     return save_png(fig, path)
-
-
-def _n(rows: Sequence[dict[str, Any]], name: str) -> int:
-    return sum(1 for r in rows if r["structure"] == name and r["gt_mm3"] > 0)
 
 
 def worst_rows(rows: Sequence[dict[str, Any]], k: int = WORST) -> list[dict[str, Any]]:
