@@ -132,8 +132,8 @@ def _quality(
         f"{'x'.join(f'{v:g}' for v in spacing)} mm: ready in {time.perf_counter() - t0:.0f} s"
     )
     workers = args.workers or 1
-    runs = {}
-    for method in ("identity", "elastix"):
+    methods = ("identity", "elastix")
+    for method in methods:
         t0 = time.perf_counter()
         results = register_cohort(
             cohort,
@@ -145,7 +145,6 @@ def _quality(
             workers=workers,
             force=args.force,
         )
-        runs[method] = {r.id: r for r in results}
         print(
             f"{'fast' if method == 'elastix' else method}: {len(results)} cases in "
             f"{time.perf_counter() - t0:.0f} s wall ({workers} worker(s))"
@@ -162,7 +161,7 @@ def _quality(
             m: dice_per_label(
                 read_mask(expected_path(work / m, pid, "preRT_mask_registered")), truth
             )
-            for m in runs
+            for m in methods
         }
         rec = json.loads((work / "elastix" / pid / "register.record.json").read_text())
         sim = rec["similarity"]
