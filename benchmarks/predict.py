@@ -173,6 +173,11 @@ def estimate(work: Path, folder: Path, size: tuple[int, ...], spacing: tuple[flo
         )
 
 
+def nnunet_out(base: Path, folds: int, tta: bool) -> Path:
+    """Where nnUNetv2_predict's variant with K folds, with / without TTA writes."""
+    return base / f"nnunet_{folds}folds_{tta}"
+
+
 def hntseg_out(base: Path, folds: int, tta: bool, bf16: bool = False) -> Path:
     """Where hntseg's variant with K folds, with / without TTA (float32, or bfloat16 on a
     CPU) writes; kept runs with other settings never mix."""
@@ -296,7 +301,7 @@ def main() -> None:
     n_hntseg = len(variants)
     exe = Path(sys.executable).with_name("nnUNetv2_predict")
     for tta in ttas:
-        dest = base / f"nnunet_{len(folds)}folds_{tta}"
+        dest = nnunet_out(base, len(folds), tta)
         cmd = [str(exe), "-i", str(ready), "-o", str(dest), "-d", str(DATASET_ID)]
         cmd += ["-c", "3d_fullres", "-p", "nnUNetResEncUNetMPlans", "-tr", "nnUNetTrainer"]
         cmd += ["-f", *map(str, folds), "-device", device, "-npp", "1", "-nps", "1"]
@@ -331,7 +336,7 @@ def main() -> None:
     for tta in ttas:
         fp32 = hntseg_out(base, len(folds), tta) / "1.nii.gz"
         bf16 = hntseg_out(base, len(folds), tta, True) / "1.nii.gz"
-        theirs = base / f"nnunet_{len(folds)}folds_{tta}" / "1.nii.gz"
+        theirs = nnunet_out(base, len(folds), tta) / "1.nii.gz"
         on = "on" if tta else "off"
         if fp32.is_file() and theirs.is_file() and not args.skip_nnunet:
             diff = differing(fp32, theirs)

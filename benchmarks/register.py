@@ -227,11 +227,11 @@ def main() -> None:
         _child(args)
         return
 
-    from hntseg.synth import parse_size, synth_cohort
+    from hntseg.synth import parse_size, parse_spacing, synth_cohort
 
     size = parse_size(args.size or ("128x128x32" if args.small else "512x512x75"))
     if args.quality:
-        sp = tuple(float(v) for v in args.spacing.split("x")) if args.spacing else None
+        sp = parse_spacing(args.spacing) if args.spacing else None
         if args.workdir:
             sys.exit(_quality(args, size, sp, Path(args.workdir)))
         with tempfile.TemporaryDirectory(prefix="hntseg-bench-register-") as tmp:

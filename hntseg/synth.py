@@ -347,6 +347,17 @@ def parse_size(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    """'0.5x0.5x2' -> (0.5, 0.5, 2.0) mm, in (x, y, z) order."""
+    try:
+        parts = tuple(float(v) for v in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0:
+        raise InputError(f"--spacing {text!r}: expected X x Y x Z mm, e.g. 0.5x0.5x2")
+    return parts  # type: ignore[return-value]
+
+
 def synth_cohort(
     out: str | Path,
     patients: int = 4,

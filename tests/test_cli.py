@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from hntseg import __version__
@@ -38,8 +39,11 @@ def test_missing_folder_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_bad_size_option_is_one_line(tmp_path):
-    result = runner.invoke(app, ["synth", str(tmp_path / "c"), "--size", "12x3"])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--size", "12x3"), ("--spacing", "1x1"), ("--spacing", "1x0x2")]
+)
+def test_bad_size_or_spacing_option_is_one_line(tmp_path, option, value):
+    result = runner.invoke(app, ["synth", str(tmp_path / "c"), option, value])
     assert result.exit_code == 2
-    assert "--size" in result.output and len(result.output.strip().splitlines()) == 1
+    assert option in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

@@ -28,16 +28,8 @@ def add(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Rewrite patients that exist."),
     ) -> None:
         """Write a synthetic cohort with a known pre->mid deformation and shrinking tumours."""
-        from hntseg.errors import InputError
-        from hntseg.synth import parse_size, synth_cohort
+        from hntseg.synth import parse_size, parse_spacing, synth_cohort
 
-        sp = None
-        if spacing is not None:
-            try:
-                sp = tuple(float(v) for v in spacing.lower().split("x"))
-            except ValueError:
-                sp = ()
-            if len(sp) != 3 or min(sp) <= 0:
-                raise InputError(f"--spacing {spacing!r}: expected X x Y x Z mm, e.g. 0.5x0.5x2")
+        sp = parse_spacing(spacing) if spacing is not None else None
         truths = synth_cohort(out, patients, seed, parse_size(size), sp, force)
         console.print(f"wrote {len(truths)} synthetic patients to {out} (seed {seed})")
