@@ -148,7 +148,7 @@ def volume_change(
     structure, over all cases with the structure in the mid-RT ground truth and within
     bins of mid-RT volume (edges in mL). With `out`: volume_change.csv / .json / .png."""
     edges = [0.0, *sorted(float(b) for b in bins), math.inf]
-    if any(e <= 0 for e in edges[1:]):
+    if any(not (0 < e < math.inf) for e in edges[1:-1]):  # NaN fails too
         raise InputError(f"--bins {list(bins)}: edges must be positive mL")
     rows, _ = score(pred_dir, gt_dir, ("dsc",), allow_missing=allow_missing)
     pres = find_masks(pre_dir, "pre-RT mask")

@@ -143,6 +143,8 @@ def find_boxes(
     """
     lo, hi = _margin_range(margin)
     where = source or "mask"
+    if seed is not None and seed < 0:
+        raise InputError(f"seed {seed}: must be >= 0")
     if mask.GetDimension() != 3:
         raise InputError(f"{where}: mask is {mask.GetDimension()}D, expected 3D")
     if mask.GetPixelID() != sitk.sitkUInt8:

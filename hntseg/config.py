@@ -30,6 +30,7 @@ class Opt:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    above: float | None = None  # strict lower bound (float kind)
 
 
 SCHEMA: dict[str, Any] = {
@@ -55,7 +56,7 @@ SCHEMA: dict[str, Any] = {
     },
     "boxes": {"margin": Opt("margin"), "out": Opt("path", nullable=True)},
     "gradmap": {
-        "sigma": Opt("float", minimum=0.0),
+        "sigma": Opt("float", above=0.0),
         "gain": Opt("float", minimum=0.0),
         "out": Opt("path", nullable=True),
     },
@@ -145,6 +146,7 @@ def _check(value: Any, opt: Opt) -> tuple[bool, Any]:
         return ok and (opt.maximum is None or value <= opt.maximum), value
     if k == "float":
         ok = _is_num(value) and (opt.minimum is None or value >= opt.minimum)
+        ok = ok and (opt.above is None or value > opt.above)
         return ok, float(value) if ok else value
     if k == "bool":
         return isinstance(value, bool), value
@@ -230,6 +232,8 @@ def _validate(data: Any, schema: dict, source: str, prefix: str = "") -> dict:
                 expect += f" in {spec.minimum:g}..{spec.maximum:g}"
             elif spec.minimum is not None:
                 expect += f" >= {spec.minimum:g}"
+            elif spec.above is not None:
+                expect += f" > {spec.above:g}"
             if spec.nullable:
                 expect += " or null"
             raise InputError(f"{source}: {dotted}: expected {expect}, got {value!r}")

@@ -145,8 +145,15 @@ def match_cases(
     for pid, gt_path in gts.items():
         pred_path = preds.get(pid)
         if pred_path is None and not allow_missing:
+            flat = any(p.parent == Path(pred_dir) for p in preds.values())
+            key = COHORT_KEYS["prediction"]
+            expected = (
+                Path(pred_dir) / f"{pid}.nii.gz"
+                if flat
+                else Path(pred_dir) / pid / "midRT" / f"{pid}_{key}.nii.gz"
+            )
             raise InputError(
-                f"{Path(pred_dir) / (pid + '.nii.gz')}: no prediction for patient {pid} "
+                f"{expected}: no prediction for patient {pid} "
                 f"(ground truth {gt_path}); --allow-missing scores it as empty"
             )
         cases.append((pid, pred_path, gt_path))
@@ -381,6 +388,23 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _from_json(summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json back to what `summarize` returned: None -> NaN (only NaN was written as
+    None), structures in label order (the file's keys are sorted)."""
+
+    def nan(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: nan(v) for k, v in obj.items()}
+        return math.nan if obj is None else obj
+
+    order = [*LABEL_NAMES.values(), "mean"]
+    for key in ("structures", "dscagg"):
+        if isinstance(summary.get(key), dict):
+            block = summary[key]
+            summary[key] = {k: nan(block[k]) for k in order if k in block}
+    return summary
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ""  # not computed
@@ -453,12 +477,14 @@ def evaluate(
         params["figures"] = True  # only when set, so earlier records still match
     if out is not None:
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{out}: exists and is not a folder; --out needs a folder")
         cases = match_cases(pred_dir, gt_dir, allow_missing)
         inputs = {f"{k}:{pid}": p for pid, pr, gt in cases for k, p in (("pred", pr), ("gt", gt))}
         record = out / "evaluate.record.json"
         if not force and is_done(record, inputs, params):
             log.info("%s: up to date (use --force to recompute)", out)
-            summary = read_json(out / "summary.json", "summary")
+            summary = _from_json(read_json(out / "summary.json", "summary"))
             summary["cases"] = read_cases_csv(out / "cases.csv")
             return summary
     rows, info = score(pred_dir, gt_dir, metrics, hd95, allow_missing)

@@ -76,8 +76,9 @@ def gradient_map(
     problem = Grid.of(t2).mismatch(boxes.grid)
     if problem:
         raise InputError(f"{where}: boxes are not on the grid of the T2: {problem}")
-    if sigma < 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
-        raise InputError("sigma, gain and context must be >= 0 (sigma-mm > 0)")
+    if sigma <= 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
+        # sigma 0 would skip scipy's derivative: the "gradient map" would be the intensity
+        raise InputError("sigma and sigma-mm must be > 0, gain and context >= 0")
     if t2.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("T2: vector image, expected a scalar image")
     arr = sitk.GetArrayViewFromImage(t2)  # (z, y, x), no copy

@@ -25,6 +25,9 @@ from hntseg.errors import InputError
 LABELS = (0, 1, 2)  # background, GTVp, GTVn
 LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+# what hntseg writes: single files (a .mhd header names a second data file, which an
+# atomic rename of the header alone would leave under its temporary name)
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: outputs get the user's usual mode, not mkstemp's 0600
 _INT_TYPES = {
@@ -61,7 +64,16 @@ def strip_suffix(path: str | Path) -> str:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same extension); rename it into place on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected a file path to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(
+            f"{path.parent}: exists and is not a folder; cannot write {path.name}"
+        ) from None
+    except PermissionError:
+        raise InputError(f"{path.parent}: permission denied; cannot write {path.name}") from None
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=image_suffix(path) or ".tmp", dir=path.parent
     )
@@ -113,8 +125,14 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
     """Write an image atomically; equal images give identical bytes."""
+    if not str(path).lower().endswith(WRITE_SUFFIXES):
+        raise InputError(f"{path}: cannot write an image there; use {', '.join(WRITE_SUFFIXES)}")
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+            raise InputError(f"{path}: cannot write the image ({first})") from None
     return Path(path)
 
 
@@ -132,7 +150,25 @@ def read_image(path: str | Path, what: str = "image") -> sitk.Image:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"{path}: cannot read {what} ({first})") from None
     validate_image(image, path, what)
+    if image.GetPixelID() not in _INT_TYPES and _nifti_nonfinite(path):
+        raise InputError(f"{path}: {what} contains NaN or infinite values")
     return image
+
+
+def _nifti_nonfinite(path: Path) -> bool:
+    """NaN or inf in a float NIfTI file. ITK's NIfTI reader turns NaN into 0, so the array
+    SimpleITK returns cannot show them; nibabel reads the stored values."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel
+
+    try:
+        nii = nibabel.load(str(path))
+        if nii.header.get_data_dtype().kind != "f":
+            return False
+        return not np.isfinite(nii.dataobj.get_unscaled()).all()
+    except Exception:  # what ITK read, nibabel may not: keep ITK's reading
+        return False
 
 
 def validate_image(image: sitk.Image, path: str | Path, what: str = "image") -> None:
@@ -237,12 +273,21 @@ class Grid:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grid:
-        return cls(
+        """A 3D grid from its JSON form; ValueError when a field has the wrong length."""
+        grid = cls(
             tuple(int(v) for v in data["size_xyz"]),
             tuple(float(v) for v in data["spacing_xyz_mm"]),
             tuple(float(v) for v in data["origin_xyz_mm"]),
             tuple(float(v) for v in data["direction"]),
         )
+        if [len(grid.size), len(grid.spacing), len(grid.origin), len(grid.direction)] != [
+            3,
+            3,
+            3,
+            9,
+        ]:
+            raise ValueError("a 3D grid needs 3 sizes, spacings and origins and 9 directions")
+        return grid
 
     def reference(self) -> sitk.Image:
         """An empty uint8 image on this grid, for resampling onto it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Iterable, Mapping
@@ -101,7 +102,7 @@ def write_record(
         "input_sha256": {k: (file_digest(v) if v else None) for k, v in inputs.items()},
         "params": dict(params),
         "seed": seed,
-        "outputs": [str(p) for p in outputs],
+        "outputs": [_relative(p, Path(path).parent) for p in outputs],
         "versions": versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -119,10 +120,22 @@ def is_done(
     record_path = Path(record_path)
     if not record_path.is_file():
         return False
+    if any(v is not None and not Path(v).is_file() for v in inputs.values()):
+        return False  # the stage itself then reports the missing input
     try:
         record = read_json(record_path, "record")
     except Exception:
         return False
     if record.get("fingerprint") != fingerprint(inputs, params):
         return False
-    return all(Path(p).exists() for p in record.get("outputs", []))
+    base = record_path.parent
+    return all((base / p).exists() for p in record.get("outputs", []))
+
+
+def _relative(path: str | Path, base: Path) -> str:
+    """An output's path relative to its record's folder, so that a record still holds when
+    the command runs from another folder or the whole folder is moved."""
+    try:
+        return os.path.relpath(Path(path).resolve(), base.resolve())
+    except ValueError:  # another drive (Windows)
+        return str(Path(path).resolve())

@@ -115,3 +115,5 @@ def test_cli_compare_and_volume_on_a_cohort(tiny_cohort, sets, tmp_path):
     assert saved["bins_ml"] == [2.0, 10.0]
     result = runner.invoke(app, ["evaluate-volume", c, c, c, "--bins", "a,b"])
     assert result.exit_code == 2 and "--bins" in result.output
+    result = runner.invoke(app, ["evaluate-volume", c, c, c, "--bins", "nan"])
+    assert result.exit_code == 2 and "--bins" in result.output

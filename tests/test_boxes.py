@@ -163,6 +163,8 @@ def test_roundtrip_and_hand_edited(tmp_path):
         ),
         (lambda d: {**d, "boxes": [{**d["boxes"][0], "label": 3}]}, "label must be"),
         (lambda d: {**d, "boxes": [{**d["boxes"][0], "zyx_start": [1, 2]}]}, "3 integers"),
+        (lambda d: {**d, "grid": {**d["grid"], "direction": [1, 0, 0]}}, "bad 'grid'"),
+        (lambda d: {**d, "grid": {**d["grid"], "spacing_xyz_mm": [1, 1]}}, "bad 'grid'"),
     ],
 )
 def test_read_boxes_rejects_bad_files(tmp_path, edit, message):
@@ -328,3 +330,29 @@ def test_real_masks_boxes_cover_mid_rt(real_pairs, report):
         )
     assert fractions["2-6"] >= fractions["0"] and fractions["4"] >= fractions["0"]
     assert fractions["0"] > 0.5  # registered pre-RT boxes cover most of the mid-RT tumour
+
+
+def test_negative_seed_is_one_line_error(tmp_path):
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    with pytest.raises(InputError, match="seed -1: must be >= 0"):
+        find_boxes(make_image(arr), (2, 6), seed=-1)
+    path = tmp_path / "m.nii.gz"
+    sitk.WriteImage(make_image(arr), str(path))
+    args = ["boxes", str(path), "-o", str(tmp_path / "b.json"), "--seed", "-1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_deleted_input_is_reported_not_a_traceback(tmp_path):
+    """A record whose input has gone: the stage's own one-line error, not a hash failure."""
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    path = tmp_path / "m.nii.gz"
+    sitk.WriteImage(make_image(arr), str(path))
+    args = ["boxes", str(path), "-o", str(tmp_path / "b.json")]
+    assert runner.invoke(app, args).exit_code == 0
+    path.unlink()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "m.nii.gz: mask not found" in result.output

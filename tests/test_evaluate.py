@@ -318,3 +318,32 @@ def test_figures_need_out_and_dsc(flat_pair):
     assert "--figures" in line and "--out" in line
     with pytest.raises(InputError, match="dsc"):
         evaluate(pred_dir, gt_dir, gt_dir.parent / "o", metrics=["dscagg"], figures=True)
+
+
+def test_reuse_returns_the_summary_it_computed_and_out_must_be_a_folder(tmp_path):
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[2:4, 4:8, 4:8] = 1  # GTVp only: every GTVn figure is NaN
+    write_mask(tmp_path / "gt" / "1.nii.gz", gt)
+    write_mask(tmp_path / "pred" / "1.nii.gz", gt)
+    out = tmp_path / "out"
+    first = evaluate(tmp_path / "pred", tmp_path / "gt", out)
+    again = evaluate(tmp_path / "pred", tmp_path / "gt", out)  # reused from summary.json
+    for s in (first, again):
+        assert list(s["dscagg"]) == ["GTVp", "GTVn", "mean"] and s["dscagg"]["GTVp"] == 1.0
+        assert math.isnan(s["dscagg"]["GTVn"]) and math.isnan(s["dscagg"]["mean"])
+        assert list(s["structures"]) == ["GTVp", "GTVn"]
+        assert math.isnan(s["structures"]["GTVn"]["dsc"]["mean"])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(afile)]
+    line = one_line_error(runner.invoke(app, args))
+    assert "afile" in line and "not a folder" in line
+
+
+def test_missing_prediction_in_a_cohort_names_the_cohort_file(tiny_cohort, tmp_path):
+    import shutil
+
+    cohort = shutil.copytree(tiny_cohort, tmp_path / "c")
+    (cohort / "3" / "midRT" / "3_preRT_mask_registered.nii.gz").unlink()
+    line = one_line_error(runner.invoke(app, ["evaluate", str(cohort), str(cohort), "-m", "dsc"]))
+    assert str(Path("3") / "midRT" / "3_preRT_mask_registered.nii.gz") in line

@@ -125,6 +125,14 @@ def test_grid_mismatch_is_input_error():
         gradient_map(image, BoxSet([Box(1, (0, 0, 0), (1, 1, 1))], Grid.of(other)))
 
 
+def test_sigma_zero_is_rejected():
+    """scipy skips the derivative at sigma 0: the map would be the intensity itself."""
+    image = make_image(t2_array(0))
+    boxset = BoxSet([Box(1, (0, 0, 0), (4, 9, 9))], Grid.of(image))
+    with pytest.raises(InputError, match="must be > 0"):
+        gradient_map(image, boxset, sigma=0.0)
+
+
 def test_no_boxes_all_zero():
     image = make_image(t2_array(0))
     out = sitk.GetArrayFromImage(gradient_map(image, BoxSet([], Grid.of(image))))

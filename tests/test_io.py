@@ -136,3 +136,51 @@ def test_grid_dict_roundtrip_and_from_array():
     assert Grid.of(img) == grid
     with pytest.raises(ValueError):
         from_array(np.ones((1, 2, 3), np.uint8), grid)
+
+
+def test_nan_in_nifti_is_caught_though_itk_reads_it_as_zero(tmp_path):
+    arr = np.ones((4, 5, 6), np.float32)
+    arr[1, 2, 3] = np.nan
+    path = tmp_path / "t2.nii.gz"
+    sitk.WriteImage(make_image(arr), str(path))
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # ITK's view
+    with pytest.raises(InputError, match=r"t2\.nii\.gz: T2 contains NaN"):
+        read_image(path, "T2")
+    sitk.WriteImage(make_image(np.ones((4, 5, 6), np.float32)), str(path))
+    read_image(path, "T2")  # a finite float NIfTI passes
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("g.mhd", "cannot write an image there"),
+        ("g.xyz", "cannot write"),
+        ("d.nii.gz", "is a folder"),
+    ],
+)
+def test_unwritable_image_paths_are_one_line_errors(tmp_path, name, message):
+    (tmp_path / "d.nii.gz").mkdir()
+    with pytest.raises(InputError, match=message) as exc:
+        write_image(make_image(np.zeros((2, 3, 4), np.float32)), tmp_path / name)
+    assert "\n" not in str(exc.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nii.gz"]  # nothing left behind
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        write_json(tmp_path / "file" / "r.json", {})
+
+
+def test_record_outputs_hold_from_another_folder_and_inputs_must_exist(tmp_path, monkeypatch):
+    from hntseg.records import is_done, write_record
+
+    src = tmp_path / "in.txt"
+    src.write_text("a")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    out = write_json("../o/r.json", {})  # relative to this working directory
+    rec = tmp_path / "o" / "r.record.json"
+    write_record(rec, "t", {"src": src}, {"p": 1}, [out])
+    monkeypatch.chdir(tmp_path)
+    assert is_done(rec, {"src": src}, {"p": 1})
+    assert not is_done(rec, {"src": src}, {"p": 2})
+    src.unlink()
+    assert not is_done(rec, {"src": src}, {"p": 1})  # no hashing of a missing file

@@ -49,7 +49,9 @@ def add(app: typer.Typer) -> None:
             help="Margin per side in voxels: LO-HI drawn uniformly per side (training, the "
             "paper's 2-6) or N fixed (inference).",
         ),
-        seed: int = typer.Option(0, "--seed", help="Global seed; each case derives its own."),
+        seed: int = typer.Option(
+            0, "--seed", min=0, help="Global seed; each case derives its own."
+        ),
         phase: list[str] | None = typer.Option(None, "--phase", help=_PHASE_HELP),
         ids: list[str] | None = typer.Option(None, "--ids", help="Cohort form: only these ids."),
         num_parts: int = typer.Option(1, "--num-parts", help="Split the cohort into K parts."),

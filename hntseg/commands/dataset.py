@@ -37,7 +37,9 @@ def add(app: typer.Typer) -> None:
         margin: str = typer.Option(
             "2-6", "--margin", help="Box margin range in voxels for the gradient maps (LO-HI)."
         ),
-        seed: int = typer.Option(0, "--seed", help="Seed for the box margins and the folds."),
+        seed: int = typer.Option(
+            0, "--seed", min=0, help="Seed for the box margins and the folds."
+        ),
         folds: int = typer.Option(5, "--folds", help="Number of cross-validation folds."),
         force: bool = typer.Option(False, "--force", help="Rebuild even if up to date."),
     ) -> None:

@@ -51,8 +51,8 @@ def add(app: typer.Typer) -> None:
         from hntseg.errors import InputError
         from hntseg.gradmap import gradmap_case, gradmap_cohort
 
-        if sigma < 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
-            raise InputError("--sigma, --gain, --context must be >= 0 and --sigma-mm > 0")
+        if sigma <= 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
+            raise InputError("--sigma and --sigma-mm must be > 0, --gain and --context >= 0")
         if cohort is None:
             if t2 is None or boxes is None or boxes_dir is not None:
                 raise InputError("gradmap: give T2 and BOXES, or --cohort COHORT --boxes DIR")

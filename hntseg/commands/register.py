@@ -37,7 +37,9 @@ def add(app: typer.Typer) -> None:
             help="Your own elastix parameter file(s) instead of the preset's B-spline stage "
             "(repeat to chain several); the rigid stage still follows --preset.",
         ),
-        seed: int = typer.Option(0, "--seed", help="Global seed (elastix RandomSeed per case)."),
+        seed: int = typer.Option(
+            0, "--seed", min=0, help="Global seed (elastix RandomSeed per case)."
+        ),
         threads: int | None = typer.Option(
             None, "--threads", help="Threads per case (default: all cores / --workers)."
         ),

@@ -14,7 +14,9 @@ def add(app: typer.Typer) -> None:
     def synth(
         out: Path = typer.Argument(..., help="Cohort folder to write (HNTS-MRG layout)."),
         patients: int = typer.Option(4, "--patients", "-n", help="Number of patients (ids 1..N)."),
-        seed: int = typer.Option(0, "--seed", help="Global seed; each patient derives its own."),
+        seed: int = typer.Option(
+            0, "--seed", min=0, help="Global seed; each patient derives its own."
+        ),
         size: str = typer.Option(
             "128x128x32",
             "--size",
