@@ -125,7 +125,9 @@ def discover(
 
 def shard(items: Sequence, num_parts: int = 1, part_id: int = 0) -> list:
     """Part `part_id` of `num_parts` (round-robin, nnU-Net's convention) for job arrays."""
-    if num_parts < 1 or not 0 <= part_id < num_parts:
+    if num_parts < 1:
+        raise InputError(f"--num-parts {num_parts}: must be at least 1")
+    if not 0 <= part_id < num_parts:
         raise InputError(f"--part-id {part_id} must be in 0..{num_parts - 1} (--num-parts)")
     return list(items[part_id::num_parts])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ _EXPECT = {
     "str": "a string",
     "path": "a path (string)",
     "paths": "a path or a list of paths",
-    "ints": "a list of integers",
+    "ints": "a non-empty list of distinct integers >= 0",
     "strs": "a list of strings",
     "size3": "three integers >= 8 (x, y, z voxels), e.g. [64, 64, 16]",
     "spacing3": "three positive numbers (x, y, z mm), e.g. [0.5, 0.5, 2.0]",
@@ -133,7 +134,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (YAML's .inf and .nan are not settings)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check(value: Any, opt: Opt) -> tuple[bool, Any]:
@@ -159,7 +161,7 @@ def _check(value: Any, opt: Opt) -> tuple[bool, Any]:
         ok = isinstance(items, list) and bool(items) and all(isinstance(v, str) for v in items)
         return ok, items
     if k == "ints":
-        ok = isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+        ok = isinstance(value, list) and bool(value) and all(_is_int(v) and v >= 0 for v in value)
         return ok and len(set(value)) == len(value), value
     if k == "strs":
         if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
@@ -284,7 +286,11 @@ def resolve_config(
         if not cfg["synth"]["enabled"]:
             raise InputError(f"{source}: cohort: missing (a folder in the HNTS-MRG layout)")
         cfg["cohort"] = str(Path(cfg["work"]) / "cohort")
-    elif not cfg["synth"]["enabled"]:
+    elif cfg["synth"]["enabled"]:
+        from hntseg.synth import check_synth_target
+
+        check_synth_target(Path(cfg["cohort"]), f"{source}: cohort with synth.enabled")
+    else:
         cohort = Path(cfg["cohort"])
         if not cohort.is_dir():
             what = "not a folder" if cohort.exists() else "cohort folder not found"

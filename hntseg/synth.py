@@ -358,6 +358,20 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def check_synth_target(out: Path, what: str = "synth") -> None:
+    """Phantoms go only into a new or empty folder or an earlier synthetic cohort (one with
+    synth.json): never over a real cohort's images, `--force` or not."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder ({what})")
+    if not out.is_dir() or (out / "synth.json").is_file():
+        return
+    if any(not p.name.startswith(".") for p in out.iterdir()):
+        raise InputError(
+            f"{out}: not empty and not a synthetic cohort (no synth.json); "
+            f"refusing to write phantoms over its files ({what})"
+        )
+
+
 def synth_cohort(
     out: str | Path,
     patients: int = 4,
@@ -374,6 +388,7 @@ def synth_cohort(
     out = Path(out)
     if patients < 1:
         raise InputError(f"--patients {patients}: must be at least 1")
+    check_synth_target(out)
     out.mkdir(parents=True, exist_ok=True)
     params = {"seed": seed, "size_xyz": list(size), "spacing_xyz_mm": spacing}
     summary_path = out / "synth.json"

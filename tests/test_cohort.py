@@ -68,8 +68,10 @@ def test_shard_partitions():
     items = list(range(10))
     parts = [shard(items, 3, i) for i in range(3)]
     assert sorted(sum(parts, [])) == items
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="--part-id 3"):
         shard(items, 3, 3)
+    with pytest.raises(InputError, match="--num-parts 0: must be at least 1"):
+        shard(items, 0, 0)
 
 
 def test_run_cases_isolates_failures_and_names_them(caplog):

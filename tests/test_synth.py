@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from hntseg.cohort import FILES, discover, expected_path
+from hntseg.errors import InputError
 from hntseg.io import Grid, array, read_json, read_mask
 from hntseg.synth import parse_size, synth_cohort, synth_patient
 
@@ -91,3 +92,17 @@ def test_real_size_grid_option(tmp_path):
     assert img.GetSpacing() == pytest.approx((0.5, 0.5, 2.0))
     assert truth["preRT_grid"]["size_xyz"] == [20, 24, 10]
     assert parse_size("512x512x75") == (512, 512, 75)
+
+
+def test_never_writes_over_a_real_cohort(tiny_cohort, tmp_path):
+    """A folder with files but no synth.json is someone's data: refused, --force or not."""
+    real = tmp_path / "real"
+    (real / "1" / "midRT").mkdir(parents=True)
+    t2 = real / "1" / "midRT" / "1_midRT_T2.nii.gz"
+    t2.write_bytes(b"patient data")
+    for force in (False, True):
+        with pytest.raises(InputError, match="not a synthetic cohort"):
+            synth_cohort(real, patients=1, size=(16, 16, 8), force=force)
+    assert t2.read_bytes() == b"patient data"
+    synth_cohort(tmp_path / "new", patients=1, size=(16, 16, 8))  # new folder: fine
+    synth_cohort(tmp_path / "new", patients=2, size=(16, 16, 8))  # earlier phantoms: fine

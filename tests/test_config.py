@@ -1,0 +1,33 @@
+"""Config validation: values that would fail late, or destroy data, are refused up front."""
+
+from __future__ import annotations
+
+import pytest
+
+from hntseg.config import resolve_config
+from hntseg.errors import InputError
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"train": {"folds": []}}, "train.folds"),
+        ({"predict": {"folds": []}}, "predict.folds"),
+        ({"gradmap": {"gain": float("inf")}}, "gradmap.gain"),
+        ({"gradmap": {"sigma": 0.0}}, "gradmap.sigma: expected a number > 0"),
+        ({"gradmap": {"sigma": float("nan")}}, "gradmap.sigma"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, data, message):
+    with pytest.raises(InputError, match=message):
+        resolve_config({"work": str(tmp_path / "w"), "synth": {"enabled": True}, **data})
+
+
+def test_synth_into_a_real_cohort_is_refused(tmp_path):
+    real = tmp_path / "real"
+    (real / "1").mkdir(parents=True)
+    data = {"work": str(tmp_path / "w"), "cohort": str(real), "synth": {"enabled": True}}
+    with pytest.raises(InputError, match="not a synthetic cohort"):
+        resolve_config(data)
+    data["cohort"] = str(tmp_path / "fresh")
+    assert resolve_config(data)["cohort"] == str(tmp_path / "fresh")
