@@ -111,15 +111,17 @@ def find_dataset(work: str | Path, dataset_id: int, what: str = "dataset") -> st
     return found[0]
 
 
-def set_environment(work: str | Path, workers: int | None = None) -> Paths:
+def set_environment(work: str | Path, workers: int | None = None, create: bool = True) -> Paths:
     """Point nnU-Net at WORK (and at hntseg's trainers) in this process; create the folders.
 
     `workers`: data-augmentation processes (`nnUNet_n_proc_DA`) and nnU-Net's default
     process count (`nnUNet_def_n_proc`); default from the machine unless already set.
+    `create=False` creates nothing (prediction needs only the existing nnUNet_results).
     """
     paths = Paths(Path(work).resolve())
-    for folder in (paths.raw, paths.preprocessed, paths.results):
-        folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        for folder in (paths.raw, paths.preprocessed, paths.results):
+            folder.mkdir(parents=True, exist_ok=True)
     os.environ["nnUNet_raw"] = str(paths.raw)
     os.environ["nnUNet_preprocessed"] = str(paths.preprocessed)
     os.environ["nnUNet_results"] = str(paths.results)
@@ -143,13 +145,19 @@ def default_workers() -> int:
     return max(1, min(12, cpus - 1))
 
 
+def check_device(device: str | None) -> str:
+    """The `--device` name, lower-cased (auto, cuda, cpu or mps); checked without torch."""
+    name = (device or "auto").lower()
+    if name not in ("auto", "cuda", "cpu", "mps"):
+        raise InputError(f"--device {device!r}: expected auto, cuda, cpu or mps")
+    return name
+
+
 def select_device(device: str = "auto") -> Any:
     """auto -> cuda, else mps, else cpu; an unavailable explicit choice is an InputError."""
+    device = check_device(device)
     import torch
 
-    device = (device or "auto").lower()
-    if device not in ("auto", "cuda", "cpu", "mps"):
-        raise InputError(f"--device {device!r}: expected auto, cuda, cpu or mps")
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps and mps.is_available())
     if device == "auto":

@@ -42,6 +42,7 @@ from hntseg.nnunet import (
     FULL_TRAINER,
     SHORT_TRAINER,
     Paths,
+    check_device,
     describe_device,
     model_folder,
     select_device,
@@ -56,6 +57,8 @@ CHALLENGE_INPUTS = {
     "pre_t2_registered": "registered-pre-rt-head-neck",
 }
 CHALLENGE_OUTPUT = Path("images") / "mri-head-neck-segmentation" / "output.mha"
+ENSEMBLES = ("softmax", "logits")
+MODEL_FILES = ("plans.json", "dataset.json")  # what nnU-Net reads beside the checkpoints
 
 
 @dataclass
@@ -68,6 +71,42 @@ class PredictCase:
     gradmap_from_mask: bool = False
 
 
+def check_options(
+    dataset_id: int, folds: Sequence[int], margin: int, ensemble: str, device: str
+) -> tuple[list[int], int]:
+    """Check ensemble-predict's options before any work: (folds, margin) as ints.
+
+    Each problem is a one-line InputError naming the option.
+    """
+    if isinstance(dataset_id, bool) or not 1 <= int(dataset_id) <= 999:
+        raise InputError(f"--dataset-id {dataset_id}: must be 1..999 (nnU-Net's three digits)")
+    folds = [int(f) for f in folds]
+    if not folds or len(set(folds)) != len(folds):
+        raise InputError(f"--folds {folds}: give distinct fold numbers")
+    if min(folds) < 0:
+        raise InputError(f"--folds {folds}: fold numbers are >= 0")
+    if isinstance(margin, bool) or int(margin) < 0:
+        raise InputError(f"--margin {margin}: must be a fixed number of voxels >= 0")
+    if ensemble not in ENSEMBLES:
+        raise InputError(f"--ensemble {ensemble!r}: expected softmax or logits")
+    check_device(device)
+    return folds, int(margin)
+
+
+def _check_folder(path: str | Path | None, option: str) -> Path | None:
+    """An explicitly given input folder (None: not given) must exist."""
+    if path is None or str(path) == "":
+        return None
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(
+            f"{path}: {option} folder not found"
+            if not path.exists()
+            else f"{path}: {option} is not a folder"
+        )
+    return path
+
+
 def find_model(
     work: str | Path,
     dataset_id: int,
@@ -78,7 +117,8 @@ def find_model(
 ) -> Path:
     """The model folder holding every requested fold's checkpoint (full trainer preferred).
 
-    A fold never trained is a one-line InputError naming the checkpoint it looked for.
+    A fold never trained, or a model folder without its plans.json / dataset.json, is a
+    one-line InputError naming the file it looked for. Creates nothing.
     """
     paths = Paths(Path(work).resolve())
     prefix = f"Dataset{int(dataset_id):03d}_"
@@ -95,6 +135,12 @@ def find_model(
     folders = [model_folder(paths, name, t, configuration) for t in trainers]
     for folder in folders:
         if all((folder / f"fold_{f}" / checkpoint).is_file() for f in folds):
+            for file in MODEL_FILES:
+                if not (folder / file).is_file():
+                    raise InputError(
+                        f"{folder / file}: missing from the trained model "
+                        "(copy the whole model folder, not only the checkpoints)"
+                    )
             return folder
     best = max(folders, key=lambda d: sum((d / f"fold_{f}" / checkpoint).is_file() for f in folds))
     missing = [f for f in folds if not (best / f"fold_{f}" / checkpoint).is_file()]
@@ -107,11 +153,19 @@ def find_model(
 
 def model_channels(folder: Path) -> list[str]:
     """The hntseg channel keys of a trained model (from its dataset.json)."""
-    data = read_json(folder / "dataset.json", "model dataset.json")
-    chans = data.get("hntseg", {}).get("channels")
+    path = folder / "dataset.json"
+    data = read_json(path, "model dataset.json")
+    extra = data.get("hntseg") if isinstance(data, dict) else None
+    chans = extra.get("channels") if isinstance(extra, dict) else None
     if chans:
         return list(chans)
-    names = [data["channel_names"][k] for k in sorted(data["channel_names"], key=int)]
+    given = data.get("channel_names") if isinstance(data, dict) else None
+    try:
+        names = [given[k] for k in sorted(given, key=int)]
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: no valid channel_names in the model dataset.json") from None
+    if not names:
+        raise InputError(f"{path}: no valid channel_names in the model dataset.json")
     reverse = {v: k for k, v in CHANNELS.items()}
     return [reverse.get(n, n) for n in names]
 
@@ -255,8 +309,8 @@ class Ensemble:
     ):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        if ensemble not in ("softmax", "logits"):
-            raise InputError(f"ensemble {ensemble!r}: expected softmax or logits")
+        if ensemble not in ENSEMBLES:
+            raise InputError(f"--ensemble {ensemble!r}: expected softmax or logits")
         self.ensemble = ensemble
         # bfloat16 autocast on a CPU: opt-in, as nnU-Net runs CPUs in float32 (and CUDA in
         # float16 autocast, which it sets itself)
@@ -363,13 +417,9 @@ def ensemble_predict(
     OUT/<id>.nii.gz (uint8, mid-RT grid). Cases whose record matches are skipped unless
     `force`; a failing case is reported and the others go on (StageError at the end).
     `cpu_bf16` runs the network in bfloat16 on a CPU: faster, slightly different masks."""
-    if isinstance(margin, bool) or int(margin) < 0:
-        raise InputError(f"--margin {margin}: must be a fixed number of voxels >= 0")
-    margin = int(margin)
-    folds = [int(f) for f in folds]
-    if not folds or len(set(folds)) != len(folds):
-        raise InputError(f"--folds {folds}: give distinct fold numbers")
-    set_environment(work, workers=None)
+    folds, margin = check_options(dataset_id, folds, margin, ensemble, device)
+    reg_dir = _check_folder(registered, "--registered")
+    gradmap_dir = _check_folder(gradmaps, "--gradmaps")
     folder = find_model(work, dataset_id, folds, trainer)
     channels = model_channels(folder)
     src, out = Path(input), Path(out)
@@ -379,13 +429,7 @@ def ensemble_predict(
     if ready:
         cases = _ready_cases(src, channels)
     else:
-        cases = _cohort_cases(
-            src,
-            channels,
-            Path(registered) if registered else None,
-            Path(gradmaps) if gradmaps else None,
-            ids,
-        )
+        cases = _cohort_cases(src, channels, reg_dir, gradmap_dir, ids)
     if not cases:
         raise InputError(f"{src}: no cases to predict")
     cache_dir = Path(cache) if cache else out / ".cache"
@@ -412,6 +456,7 @@ def ensemble_predict(
     if not todo:
         log.info(f"{out}: all {len(cases)} predictions up to date")
         return outputs
+    set_environment(work, workers=None, create=False)  # before nnunetv2 is imported
     torch_device = select_device(device)
     console.print(
         f"ensemble-predict: device {describe_device(torch_device)}, folds "
@@ -453,7 +498,7 @@ def challenge_predict(
     OUTPUT_ROOT/images/mri-head-neck-segmentation/output.mha (uint8, mid-RT grid)."""
     import tempfile
 
-    set_environment(work, workers=None)
+    folds, margin = check_options(dataset_id, folds, margin, ensemble, device)
     folder = find_model(work, dataset_id, folds, trainer)
     channels = model_channels(folder)
     images = Path(input_root) / "images"
@@ -466,10 +511,11 @@ def challenge_predict(
             raise InputError(f"{sub}: expected one .mha file, found {len(found)}")
         files[ch] = found[0]
     case = PredictCase("output", files["t2"], files, gradmap_from_mask="gradmap" in channels)
+    set_environment(work, workers=None, create=False)  # before nnunetv2 is imported
     torch_device = select_device(device)
     console.print(f"ensemble-predict (challenge): device {describe_device(torch_device)}")
     with tempfile.TemporaryDirectory() as tmp:
-        t2, data, props = load_case(case, channels, int(margin), Path(tmp))
+        t2, data, props = load_case(case, channels, margin, Path(tmp))
     model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
     seg = model.predict(data, props)
     out_path = Path(output_root) / CHALLENGE_OUTPUT

@@ -1,0 +1,229 @@
+"""ensemble-predict: options, model folder and inputs checked up front (no torch, no model).
+
+The model here is a fake folder layout with dummy checkpoints: every test stops before the
+device is chosen or nnU-Net is loaded (both are replaced by a spy that fails the test).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from hntseg import predict
+from hntseg.cli import app
+from hntseg.nnunet import FULL_TRAINER, PLANS
+
+runner = CliRunner()
+DID = 7
+
+
+class HeavyWork(Exception):
+    """Raised by the spies: the command got past its checks to the device / model."""
+
+
+@pytest.fixture(autouse=True)
+def no_heavy_work(monkeypatch):
+    """Choosing the device or loading the model fails the test (raises HeavyWork)."""
+
+    def spy(*args, **kwargs):
+        raise HeavyWork
+
+    monkeypatch.setattr(predict, "select_device", spy)
+    monkeypatch.setattr(predict, "Ensemble", spy)
+
+
+def fake_model(work: Path, folds=range(5), files=("plans.json", "dataset.json")) -> Path:
+    """WORK/nnUNet_results/Dataset007_X/<trainer>__<plans>__3d_fullres with dummy files."""
+    folder = (
+        work / "nnUNet_results" / f"Dataset{DID:03d}_X" / f"{FULL_TRAINER}__{PLANS}__3d_fullres"
+    )
+    for f in folds:
+        (folder / f"fold_{f}").mkdir(parents=True)
+        (folder / f"fold_{f}" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    if "plans.json" in files:
+        (folder / "plans.json").write_text("{}")
+    if "dataset.json" in files:
+        data = {"channel_names": {"0": "T2", "1": "gradmap"}, "file_ending": ".nii.gz"}
+        (folder / "dataset.json").write_text(json.dumps(data))
+    return folder
+
+
+def tree(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def invoke(args: list[str]):
+    return runner.invoke(app, ["ensemble-predict", *args])
+
+
+def assert_one_line_error(result, *words: str) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def write_image(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.5, 0.5, 2.0))
+    sitk.WriteImage(image, str(path))
+
+
+def challenge_input(root: Path) -> Path:
+    """A Task 2 input: one mid-RT T2 and one registered pre-RT mask (.mha)."""
+    t2 = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[1:3, 2:5, 2:5] = 1
+    write_image(root / "images" / "mid-rt-t2w-head-neck" / "case.mha", t2)
+    write_image(root / "images" / "registered-pre-rt-head-neck-segmentation" / "case.mha", mask)
+    return root
+
+
+def ready_input(root: Path) -> Path:
+    """nnU-Net's layout: case_0000 (T2), case_0001 (gradient map)."""
+    arr = np.random.default_rng(1).random((4, 8, 8)).astype(np.float32)
+    write_image(root / "case_0000.nii.gz", arr)
+    write_image(root / "case_0001.nii.gz", arr)
+    return root
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    work = tmp_path / "work"
+    fake_model(work)
+    return work
+
+
+def challenge_args(work: Path, tmp_path: Path) -> list[str]:
+    inp = challenge_input(tmp_path / "chal" / "input")
+    return ["--challenge", "--work", str(work), "--dataset-id", str(DID)] + [
+        "--input-root",
+        str(inp),
+        "--output-root",
+        str(tmp_path / "chal" / "output"),
+    ]
+
+
+def cohort_args(work: Path, tmp_path: Path) -> list[str]:
+    inp = ready_input(tmp_path / "ready")
+    return [str(inp), "--work", str(work), "--dataset-id", str(DID), "--out", str(tmp_path / "p")]
+
+
+# ----------------------------------------------------------------- options (bug 1, 4)
+
+
+@pytest.mark.parametrize("form", ["challenge", "cohort"])
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--folds", "0,0"], ["--folds [0, 0]: give distinct fold numbers"]),
+        (["--folds", ","], ["--folds []: give distinct fold numbers"]),
+        (["--folds", "-1"], ["--folds [-1]"]),
+        (["--margin", "-1"], ["--margin -1"]),
+        (["--ensemble", "foo"], ["--ensemble 'foo'", "softmax or logits"]),
+        (["--device", "tpu"], ["--device 'tpu'"]),
+        (["--dataset-id", "0"], ["--dataset-id 0"]),
+    ],
+)
+def test_bad_option_is_one_line_before_any_work(tmp_path, work, form, extra, words):
+    args = challenge_args(work, tmp_path) if form == "challenge" else cohort_args(work, tmp_path)
+    before = tree(tmp_path)
+    assert_one_line_error(invoke(args + extra), *words)
+    assert tree(tmp_path) == before  # nothing created (no nnUNet_raw, no output)
+
+
+# ----------------------------------------------------------------- model folder (bug 2, 3)
+
+
+@pytest.mark.parametrize("form", ["challenge", "cohort"])
+def test_typo_work_creates_nothing(tmp_path, work, form):
+    typo = tmp_path / "typo_work"
+    args = challenge_args(work, tmp_path) if form == "challenge" else cohort_args(work, tmp_path)
+    args[args.index("--work") + 1] = str(typo)
+    before = tree(tmp_path)
+    assert_one_line_error(invoke(args), "no trained model for dataset 7")
+    assert not typo.exists()
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("form", ["challenge", "cohort"])
+@pytest.mark.parametrize("missing", ["plans.json", "dataset.json"])
+def test_model_without_plans_or_dataset_json(tmp_path, form, missing):
+    work = tmp_path / "work"
+    folder = fake_model(work, files={"plans.json", "dataset.json"} - {missing})
+    args = challenge_args(work, tmp_path) if form == "challenge" else cohort_args(work, tmp_path)
+    before = tree(tmp_path)
+    assert_one_line_error(invoke(args), str(folder / missing), "missing")
+    assert tree(tmp_path) == before
+
+
+def test_untrained_fold_names_its_checkpoint(tmp_path):
+    work = tmp_path / "work"
+    folder = fake_model(work, folds=[0, 1])
+    args = challenge_args(work, tmp_path) + ["--folds", "0,1,2"]
+    before = tree(tmp_path)
+    result = invoke(args)
+    assert_one_line_error(result, str(folder / "fold_2" / "checkpoint_final.pth"), "never trained")
+    assert tree(tmp_path) == before
+
+
+# ----------------------------------------------------------------- --gradmaps (bug 5)
+
+
+def test_missing_gradmaps_folder_is_an_error(tmp_path, work):
+    missing = tmp_path / "no_such_maps"
+    args = cohort_args(work, tmp_path) + ["--gradmaps", str(missing)]
+    before = tree(tmp_path)
+    result = invoke(args)
+    assert_one_line_error(result, str(missing), "--gradmaps", "not found")
+    assert tree(tmp_path) == before
+
+
+def test_gradmaps_file_is_not_a_folder(tmp_path, work):
+    file = tmp_path / "maps.txt"
+    file.write_text("x")
+    result = invoke(cohort_args(work, tmp_path) + ["--gradmaps", str(file)])
+    assert_one_line_error(result, str(file), "--gradmaps", "not a folder")
+
+
+def test_missing_registered_folder_is_an_error(tmp_path, work):
+    missing = tmp_path / "no_such_registered"
+    result = invoke(cohort_args(work, tmp_path) + ["--registered", str(missing)])
+    assert_one_line_error(result, str(missing), "--registered", "not found")
+
+
+# ----------------------------------------------------------------- valid options pass
+
+
+@pytest.mark.parametrize("form", ["challenge", "cohort"])
+def test_valid_options_reach_the_model_and_create_nothing_in_work(tmp_path, work, form):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    if form == "challenge":
+        args = challenge_args(work, tmp_path)
+    else:
+        args = cohort_args(work, tmp_path) + ["--gradmaps", str(maps)]
+    args += ["--folds", "0,2", "--margin", "0", "--ensemble", "logits", "--device", "CPU"]
+    before = tree(work)
+    result = invoke(args)
+    assert isinstance(result.exception, HeavyWork), result.output  # got to the device choice
+    assert tree(work) == before  # no nnUNet_raw / nnUNet_preprocessed made in WORK
+
+
+def test_library_checks_options_first(tmp_path):
+    with pytest.raises(predict.InputError, match=r"^--folds \[1, 1\]: give distinct"):
+        predict.challenge_predict(tmp_path / "nowork", DID, tmp_path, tmp_path, folds=[1, 1])
+    with pytest.raises(predict.InputError, match=r"^--ensemble 'mean'"):
+        predict.ensemble_predict(tmp_path, tmp_path / "nowork", DID, tmp_path, ensemble="mean")
+    assert predict.check_options(DID, ["3", 1], 2, "softmax", "auto") == ([3, 1], 2)
+    assert not (tmp_path / "nowork").exists()
