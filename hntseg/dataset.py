@@ -209,42 +209,79 @@ def link_or_copy(src: Path, dst: Path) -> str:
         return "copied"
 
 
-def _place_image(src: Path, dst: Path, grid: Grid, what: str, is_mask: bool = False) -> None:
-    """Validate `src` (grid; labels for masks) and put it at dst: link when already .nii.gz."""
-    if is_mask:
-        image = read_mask(src, what)
-        check_same_grid(grid, image, src)
-        uint8 = sitk.ReadImage(str(src)).GetPixelID() == sitk.sitkUInt8
-        if image_suffix(src) == FILE_ENDING and uint8:
-            link_or_copy(src, dst)
+def _pixel_id(path: Path) -> int:
+    """The pixel type in an image file's header (without reading the voxels)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader.GetPixelID()
+
+
+def check_case(case: Case, channels: Sequence[str]) -> None:
+    """Check one case's inputs before anything is written: every file readable, masks valid,
+    all on the grid of the case's T2, ready boxes for that grid (InputError naming the file)."""
+    from hntseg.boxes import read_boxes
+
+    grid = read_header(case.t2, f"{case.phase} T2")
+    checked: set[Path] = set()
+
+    def mask(path: Path, what: str) -> None:
+        if path not in checked:
+            check_same_grid(grid, read_mask(path, what), path, case.t2)
+            checked.add(path)
+
+    mask(case.label, "mask")
+    for ch, src in zip(channels, case.channels, strict=True):
+        if src.path is not None and src.is_mask:
+            mask(src.path, ch)
+        elif src.path is not None:
+            check_same_grid(grid, read_header(src.path, ch), src.path, case.t2)
+        elif src.boxes is not None:
+            read_boxes(src.boxes, grid)
         else:
-            write_image(image, dst)
-        return
-    check_same_grid(grid, read_header(src, what), src)
-    if image_suffix(src) == FILE_ENDING:
+            mask(src.mask, "mask for the gradient-map boxes")
+
+
+def _place_image(src: Path, dst: Path, what: str, is_mask: bool = False) -> None:
+    """Put a checked input at dst: linked when already .nii.gz (uint8 for masks), else
+    converted."""
+    if image_suffix(src) == FILE_ENDING and (not is_mask or _pixel_id(src) == sitk.sitkUInt8):
         link_or_copy(src, dst)
+    elif is_mask:
+        write_image(read_mask(src, what), dst)
     else:
         write_image(read_image(src, what), dst)
 
 
 def _write_case(case: Case, channels: Sequence[str], raw: Path, margin, seed: int) -> None:
-    grid = read_header(case.t2, f"{case.phase} T2")
-    _place_image(case.label, raw / "labelsTr" / f"{case.name}{FILE_ENDING}", grid, "mask", True)
+    """Write one case's label and channel files (its inputs were checked by `check_case`)."""
+    _place_image(case.label, raw / "labelsTr" / f"{case.name}{FILE_ENDING}", "mask", True)
     for i, (ch, src) in enumerate(zip(channels, case.channels, strict=True)):
         dst = raw / "imagesTr" / f"{case.name}_{i:04d}{FILE_ENDING}"
         if src.path is not None:
-            _place_image(src.path, dst, grid, ch, src.is_mask)
+            _place_image(src.path, dst, ch, src.is_mask)
             continue
         from hntseg.boxes import find_boxes, read_boxes
         from hntseg.gradmap import gradient_map
 
+        t2 = read_image(case.t2, "T2")
         if src.boxes is not None:
-            boxset = read_boxes(src.boxes, grid)
+            boxset = read_boxes(src.boxes, Grid.of(t2))
         else:
             mask = read_mask(src.mask, "mask for the gradient-map boxes")
-            check_same_grid(grid, mask, src.mask, case.t2)
+            check_same_grid(t2, mask, src.mask, case.t2)
             boxset = find_boxes(mask, margin, seed=case_seed(seed, case.name, "boxes"))
-        write_image(gradient_map(read_image(case.t2, "T2"), boxset), dst)
+        write_image(gradient_map(t2, boxset), dst)
+
+
+def case_files(raw: Path, names: Iterable[str], n_channels: int) -> list[Path]:
+    """The label and channel files of these cases in a raw dataset: a dataset is finished
+    only when all of them exist."""
+    files = []
+    for name in names:
+        files.append(raw / "labelsTr" / f"{name}{FILE_ENDING}")
+        files.extend(raw / "imagesTr" / f"{name}_{i:04d}{FILE_ENDING}" for i in range(n_channels))
+    return files
 
 
 def existing_channels(raw_dataset: Path) -> list[str] | None:
@@ -278,7 +315,9 @@ def build_dataset(
 ) -> Path:
     """Write WORK/nnUNet_raw/DatasetNNN_<name>/ and its splits_final.json; returns the folder.
 
-    Skipped when its record matches (same input bytes and parameters) unless `force`.
+    Skipped when its record matches (same input bytes and parameters) and every case file
+    exists, unless `force`. All inputs are checked before anything is written, and the record
+    is removed before the first case file is, so a failed rebuild is never taken as done.
     """
     from hntseg.boxes import parse_margin
 
@@ -305,6 +344,9 @@ def build_dataset(
             "pre-RT cases get their own pre-RT mask as the registered-mask channel (equal to "
             "their label); consider --no-pre-rt for this channel set"
         )
+    for folder, flag in ((gradmaps, "--gradmaps"), (boxes, "boxes")):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"{folder}: {flag} folder not found")
     cases = plan_cases(
         Path(cohort),
         chans,
@@ -335,15 +377,18 @@ def build_dataset(
     }
     record = raw / RECORD_NAME
     dataset_json, splits_json = raw / "dataset.json", pre / "splits_final.json"
-    if not force and is_done(record, inputs, params):
+    files = case_files(raw, [c.name for c in cases], len(chans))
+    complete = all(f.is_file() for f in files)  # also for records that did not list them
+    if not force and complete and is_done(record, inputs, params):
         log.info(f"{raw}: dataset up to date (use --force to rebuild)")
         return raw
 
-    expected = set()
+    for c in progress(cases, f"build-dataset {ds}: check inputs"):
+        check_case(c, chans)  # bad input leaves the dataset as it was
+    record.unlink(missing_ok=True)  # a rebuild stopped half-way must not count as done
     for c in progress(cases, f"build-dataset {ds}"):
         _write_case(c, chans, raw, margin, seed)
-        expected.add(f"labelsTr/{c.name}{FILE_ENDING}")
-        expected.update(f"imagesTr/{c.name}_{i:04d}{FILE_ENDING}" for i in range(len(chans)))
+    expected = {str(f.relative_to(raw)) for f in files}
     for sub in ("imagesTr", "labelsTr"):  # files of cases no longer in the cohort
         for f in (raw / sub).iterdir():
             if f"{sub}/{f.name}" not in expected:
@@ -376,7 +421,7 @@ def build_dataset(
         "build-dataset",
         inputs,
         params,
-        [dataset_json, splits_json],
+        [dataset_json, splits_json, *files],
         seed=seed,
         extra={"n_cases": len(cases), "n_patients": len(pids), "splits": by_patient},
     )

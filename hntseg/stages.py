@@ -6,12 +6,14 @@ to the engine: what it reads, which options shape it and which files it must wri
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hntseg.engine import Context, Stage
-from hntseg.errors import InputError
+from hntseg.errors import HntsegError, InputError
+from hntseg.io import read_json
 from hntseg.log import log
 
 
@@ -284,8 +286,9 @@ def _dataset_stage() -> Stage:
             channels=d["channels"],
             pre_rt=d["pre_rt"],
             registered=ctx.path("registered"),
-            gradmaps=ctx.path("gradmap"),
-            boxes=ctx.path("boxes"),
+            # ready maps/boxes when their stages wrote them (else computed from the masks)
+            gradmaps=_folder_or_none(ctx.path("gradmap")),
+            boxes=_folder_or_none(ctx.path("boxes")),
             margin=_margin(ctx.config["boxes"]["margin"]),
             seed=ctx.seed,
             folds=d["n_folds"],
@@ -305,9 +308,17 @@ def _dataset_stage() -> Stage:
         }
 
     def outputs(ctx: Context) -> list[Path]:
+        from hntseg.cohort import PHASES
+        from hntseg.dataset import RECORD_NAME, case_files, case_name
+
+        d, raw = ctx.config["dataset"], dataset_dir(ctx)
+        phases = PHASES if d["pre_rt"] else ("midRT",)
+        names = [case_name(pid, phase) for pid in ctx.ids() for phase in phases]
         return [
-            dataset_dir(ctx) / "dataset.json",
+            raw / "dataset.json",
             dataset_dir(ctx, "nnUNet_preprocessed") / "splits_final.json",
+            raw / RECORD_NAME,  # removed while a rebuild is under way
+            *case_files(raw, names, len(d["channels"])),
         ]
 
     return Stage(
@@ -323,6 +334,10 @@ def _dataset_stage() -> Stage:
         },
         after=("synth", "register", "gradmap"),
     )
+
+
+def _folder_or_none(folder: Path) -> Path | None:
+    return folder if folder.is_dir() else None
 
 
 def _plan_stage() -> Stage:
@@ -396,7 +411,7 @@ def _train_stage(fold: int) -> Stage:
 
         t = ctx.config["train"]
         full = t["epochs"] == 1000 and t["iterations_per_epoch"] == 250  # the paper's trainer
-        retrain = ctx.force or ctx.changed
+        retrain = ctx.force or (ctx.changed and _fold_changed(ctx, stage))
         latest = _fold_dir(ctx, fold) / "checkpoint_latest.pth"
         resume = not retrain and latest.is_file() and not _checkpoint(ctx, fold).is_file()
         if resume:
@@ -415,7 +430,10 @@ def _train_stage(fold: int) -> Stage:
         )
         return None
 
-    return Stage(
+    # no device among the options: it does not change what a finished fold is (the fold's
+    # hntseg_train.record.json and run.json record the device used); a fold in progress
+    # continues on the device of the current run
+    stage = Stage(
         f"train-fold{fold}",
         run,
         inputs=lambda ctx: {
@@ -428,12 +446,38 @@ def _train_stage(fold: int) -> Stage:
             "epochs": ctx.config["train"]["epochs"],
             "iterations_per_epoch": ctx.config["train"]["iterations_per_epoch"],
             "batch_size": ctx.config["train"]["batch_size"],
-            "device": ctx.config["device"],
             "seed": ctx.seed,
         },
         after=("dataset", "plan"),
         group="train",
     )
+    return stage
+
+
+_NOT_FOLD_OPTIONS = ("device",)  # in train-fold states of older versions; not a fold's identity
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _fold_changed(ctx: Context, stage: Stage) -> bool:
+    """Whether a train-fold stage's inputs or options really differ from its last finished
+    run: states of older versions also hold the device, and a device change alone must not
+    retrain a finished fold."""
+    from hntseg.pipeline import hash_path, state_path
+
+    try:
+        state = read_json(state_path(ctx, stage), "stage state")
+        inputs = {k: hash_path(v) for k, v in stage.inputs(ctx).items()}
+        options = dict(stage.options(ctx))
+    except HntsegError:
+        return True
+    old = state.get("options") if isinstance(state, dict) else None
+    if not isinstance(old, dict):
+        return True
+    old = {k: v for k, v in old.items() if k not in _NOT_FOLD_OPTIONS}
+    return _canon(state.get("inputs")) != _canon(inputs) or _canon(old) != _canon(options)
 
 
 def _predict_ids(ctx: Context, whole: bool = False) -> list[str]:

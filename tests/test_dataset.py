@@ -229,3 +229,98 @@ def test_plans_override_checks_patch_against_the_strides(tmp_path):
 def test_train_patch_size_option_is_parsed_or_one_line(built, tmp_path):
     args = ["train", "--work", str(built), "--dataset-id", "11", "--fold", "0"]
     _one_line_error(runner.invoke(app, [*args, "--patch-size", "48,a,192"]), "--patch-size")
+
+
+# --------------------------------------------------------------------------- rebuilds
+
+
+def _case_bytes(raw: Path) -> dict[str, bytes]:
+    return {
+        f"{sub}/{p.name}": p.read_bytes()
+        for sub in ("imagesTr", "labelsTr")
+        for p in sorted((raw / sub).iterdir())
+    }
+
+
+def test_missing_case_file_is_not_up_to_date(cohort, tmp_path):
+    args = ["build-dataset", str(cohort), "--work", str(tmp_path), "--dataset-id", "14"]
+    assert runner.invoke(app, args).exit_code == 0
+    raw = _raw(tmp_path, 14)
+    before = _case_bytes(raw)
+    record = json.loads((raw / "hntseg_dataset.record.json").read_text())
+    assert set(before) <= set(record["outputs"])  # the case files are the dataset's outputs
+    for rel in ("imagesTr/2_midRT_0001.nii.gz", "labelsTr/3_preRT.nii.gz"):
+        (raw / rel).unlink()
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert _case_bytes(raw) == before, rel  # restored, not "up to date"
+
+
+def _cohort_copy(cohort: Path, dst: Path, ids=("1", "2", "3")) -> Path:
+    for pid in ids:
+        shutil.copytree(cohort / pid, dst / pid)
+    return dst
+
+
+def test_bad_rebuild_input_leaves_the_dataset_untouched(cohort, tmp_path):
+    a = _cohort_copy(cohort, tmp_path / "a")
+    b = _cohort_copy(cohort, tmp_path / "b")
+    # B: patient 1 gets another registered mask, patient 3 one on another grid
+    reg1 = b / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    shutil.copy(b / "1" / "midRT" / "1_midRT_mask.nii.gz", reg1)
+    reg3 = b / "3" / "midRT" / "3_preRT_mask_registered.nii.gz"
+    off = sitk.ReadImage(str(reg3))
+    off.SetSpacing([s * 2 for s in off.GetSpacing()])
+    sitk.WriteImage(off, str(reg3))
+    work = tmp_path / "w"
+
+    def build(src: Path):
+        args = ["build-dataset", str(src), "--work", str(work), "--dataset-id", "7"]
+        return runner.invoke(app, [*args, "--folds", "3"])
+
+    assert build(a).exit_code == 0
+    raw = _raw(work, 7)
+    files, record = _case_bytes(raw), (raw / "hntseg_dataset.record.json").read_bytes()
+    _one_line_error(build(b), "3_preRT_mask_registered.nii.gz", "not on the grid")
+    assert _case_bytes(raw) == files  # nothing written, not even patient 1's files
+    assert (raw / "hntseg_dataset.record.json").read_bytes() == record
+    result = build(a)
+    assert result.exit_code == 0, result.output
+    assert _case_bytes(raw) == files
+
+
+def test_interrupted_rebuild_is_not_up_to_date(cohort, tmp_path, monkeypatch):
+    import hntseg.dataset
+
+    a = _cohort_copy(cohort, tmp_path / "a")
+    b = _cohort_copy(cohort, tmp_path / "b")
+    reg1 = b / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    shutil.copy(b / "1" / "midRT" / "1_midRT_mask.nii.gz", reg1)
+    work = tmp_path / "w"
+    build_dataset(a, work, 8, folds=3)
+    raw = _raw(work, 8)
+    files = _case_bytes(raw)
+
+    write_case, written = hntseg.dataset._write_case, []
+
+    def killed_after_one_case(case, *args):
+        if written:
+            raise KeyboardInterrupt  # as if the process stopped here
+        write_case(case, *args)
+        written.append(case.name)
+
+    monkeypatch.setattr(hntseg.dataset, "_write_case", killed_after_one_case)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(b, work, 8, folds=3)
+    monkeypatch.undo()
+    assert written == ["1_midRT"] and _case_bytes(raw) != files  # half rebuilt
+    assert not (raw / "hntseg_dataset.record.json").exists()
+    build_dataset(a, work, 8, folds=3)  # not "up to date": rebuilt
+    assert _case_bytes(raw) == files
+
+
+def test_missing_gradmaps_folder_is_one_line(cohort, tmp_path):
+    args = ["build-dataset", str(cohort), "--work", str(tmp_path / "w"), "--dataset-id", "15"]
+    result = runner.invoke(app, [*args, "--gradmaps", str(tmp_path / "nowhere")])
+    _one_line_error(result, str(tmp_path / "nowhere"), "--gradmaps", "not found")
+    assert not (tmp_path / "w" / "nnUNet_raw" / "Dataset015_HNTSMRG").exists()

@@ -91,7 +91,7 @@ def test_plans_override_from_config(tmp_path):
         ({"colour": 1}, "colour: unknown key"),
         ({"seed": "zero"}, "seed: expected an integer"),
         ({"seed": True}, "seed: expected an integer"),
-        ({"train": {"folds": 0}}, "train.folds: expected a list of integers"),
+        ({"train": {"folds": 0}}, "train.folds: expected a non-empty list of distinct integers"),
         ({"register": {"method": "ants"}}, "register.method: expected one of elastix"),
         ({"skip": ["boxez"]}, "skip: expected a list of stage names"),
         ({"gradmap": 3}, "gradmap: expected a mapping"),
@@ -446,3 +446,95 @@ def test_example_configs_are_valid(tmp_path, name):
     cfg = resolve_config(data, name, tmp_path)
     assert cfg["dataset"]["channels"] == ["t2", "gradmap"]
     assert cfg["train"]["epochs"] == 1000 and cfg["train"]["iterations_per_epoch"] == 250
+
+
+# --------------------------------------------------------------------------- dataset, train
+
+
+def _stage(cfg: dict, name: str) -> Stage:
+    return next(s for s in pipeline.default_stages(cfg) if s.name == name)
+
+
+def test_dataset_stage_needs_every_case_file(tmp_path, tiny_cohort):
+    cfg = resolve_config(
+        {
+            "cohort": str(tiny_cohort),
+            "work": str(tmp_path / "w"),
+            "register": {"method": "provided"},
+            "dataset": {"id": 7, "name": "Tiny", "n_folds": 2},
+            "train": {"folds": [0, 1]},
+        },
+        "t",
+        tmp_path,
+    )
+    stages = [_stage(cfg, "dataset")]
+    assert statuses(run_pipeline(cfg, stages)) == {"dataset": "ran"}
+    raw = tmp_path / "w" / "nnUNet_raw" / "Dataset007_Tiny"
+    assert statuses(run_pipeline(cfg, stages)) == {"dataset": "skipped"}
+    for gone in (raw / "imagesTr" / "2_midRT_0001.nii.gz", raw / "hntseg_dataset.record.json"):
+        gone.unlink()  # a deleted case file, or a record a stopped rebuild removed
+        step = run_pipeline(cfg, stages, dry_run=True)["plan"][0]
+        assert step["action"] == "run" and "outputs incomplete" in step["reason"], step
+        assert statuses(run_pipeline(cfg, stages)) == {"dataset": "ran"}
+        assert gone.is_file()
+
+
+def test_device_change_does_not_retrain_a_finished_fold(tmp_path, monkeypatch):
+    """train-fold decisions: a new `device:` neither reruns a finished fold (even one whose
+    state, written by an older version, names the device) nor stops one in progress."""
+    from hntseg.stages import _checkpoint
+
+    (tmp_path / "c").mkdir()
+    base = {"cohort": "c", "work": "w", "train": {"folds": [0]}, "dataset": {"n_folds": 2}}
+    cfg_auto = resolve_config({**base, "device": "auto"}, "t", tmp_path)
+    cfg_cpu = resolve_config({**base, "device": "cpu"}, "t", tmp_path)
+    ctx = Context(cfg_auto)
+    for path in (
+        pipeline.dataset_dir(ctx) / "dataset.json",
+        pipeline.dataset_dir(ctx, "nnUNet_preprocessed") / "splits_final.json",
+        pipeline.dataset_dir(ctx, "nnUNet_preprocessed") / "nnUNetResEncUNetMPlans.json",
+        pipeline.dataset_dir(ctx) / "imagesTr" / "1_midRT_0000.nii.gz",
+        pipeline.dataset_dir(ctx) / "labelsTr" / "1_midRT.nii.gz",
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    final = _checkpoint(ctx, 0)
+    calls: list[dict] = []
+
+    def fake_train(**kw):  # like train(): a finished fold is kept unless forced
+        calls.append(kw)
+        if kw["force"] or kw["continue_training"] or not final.is_file():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            final.write_bytes(b"trained")
+
+    monkeypatch.setattr("hntseg.train.train", fake_train)
+    monkeypatch.setattr(pipeline, "_device", lambda requested: (requested, requested))
+
+    def fold(cfg):
+        return [_stage(cfg, "train-fold0")]
+
+    assert statuses(run_pipeline(cfg_auto, fold(cfg_auto))) == {"train-fold0": "ran"}
+    assert len(calls) == 1 and calls[0]["device"] == "auto"
+    step = run_pipeline(cfg_cpu, fold(cfg_cpu), dry_run=True)["plan"][0]
+    assert step["action"] == "skip", step
+    assert statuses(run_pipeline(cfg_cpu, fold(cfg_cpu))) == {"train-fold0": "skipped"}
+    assert len(calls) == 1
+
+    # a state written while the device was among the fold's options: no retraining
+    state_file = tmp_path / "w" / ".hntseg" / "state" / "train-fold0.json"
+    state = read_json(state_file)
+    state["options"]["device"] = "auto"
+    state["fingerprint"] = "older"
+    write_json(state_file, state)
+    run_pipeline(cfg_cpu, fold(cfg_cpu))
+    assert calls[-1]["force"] is False and final.read_bytes() == b"trained"
+
+    # a fold in progress continues on the new device; a real change retrains
+    final.unlink()
+    (final.parent / "checkpoint_latest.pth").write_bytes(b"half")
+    run_pipeline(cfg_cpu, fold(cfg_cpu))
+    assert calls[-1]["continue_training"] and calls[-1]["device"] == "cpu"
+    assert not calls[-1]["force"]
+    cfg_more = resolve_config({**base, "device": "cpu", "seed": 1}, "t", tmp_path)
+    run_pipeline(cfg_more, fold(cfg_more))
+    assert calls[-1]["force"] is True

@@ -28,8 +28,8 @@ def add(app: typer.Typer) -> None:
         gradmaps: Path | None = typer.Option(
             None,
             "--gradmaps",
-            help="Folder with ready gradient maps (OUT/<id>/<id>_<phase>_gradmap.nii.gz); "
-            "missing ones are computed from the masks' boxes.",
+            help="Existing folder with ready gradient maps (OUT/<id>/<id>_<phase>_gradmap.nii.gz); "
+            "missing maps are computed from the masks' boxes.",
         ),
         pre_rt: bool = typer.Option(
             True, "--pre-rt/--no-pre-rt", help="Add each patient's pre-RT scan as a training case."
