@@ -15,14 +15,14 @@ Outputs per case (OUT/<id>/...): midRT/<id>_preRT_T2_registered.nii.gz (float32)
 midRT/<id>_preRT_mask_registered.nii.gz (uint8), elastix/TransformParameters.{0,1,..}.txt
 (0 = the rigid Euler transform, the last one = the full chain), elastix/elastix.log and
 register.record.json (parameters, versions, seed, runtime, similarity before/after, Dice
-to the mid-RT mask when there is one).
+to the mid-RT mask when there is one). They are written only once the case is computed
+and checked, the record last; a case that fails leaves none of them behind.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -387,6 +387,57 @@ def dice_per_label(a: sitk.Image, b: sitk.Image) -> dict[str, float | None]:
     return out
 
 
+# --------------------------------------------------------------------------- options
+
+
+def check_options(
+    method: str = "elastix",
+    preset: str = "fast",
+    params: Sequence[str | Path] | None = None,
+    threads: int | None = None,
+    workers: int = 1,
+    parse: bool = True,
+) -> list[ParameterMap] | None:
+    """Check the run's options once, before any case; with `parse`, the elastix maps of
+    `params` (or of the preset) when the method is elastix, else None."""
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if preset not in PRESETS:
+        raise InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise InputError(f"--threads {threads}: must be at least 1")
+    if params and method != "elastix":
+        raise InputError(f"--params applies to --method elastix only (not {method})")
+    return parameter_maps(preset, params) if parse and method == "elastix" else None
+
+
+def check_case_id(case_id: str) -> str:
+    """The id names the folder OUT/<id>: one plain path component."""
+    text = str(case_id)
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise InputError(
+            f"--id {case_id!r}: must be a plain name (not empty, '.' or '..'; no '/' or '\\')"
+        )
+    return text
+
+
+def check_out_not_cohort(cohort: str | Path, out: str | Path) -> None:
+    """OUT must not be the cohort itself: it would replace the organizers' _registered files."""
+    cohort, out = Path(cohort), Path(out)
+    same = cohort.resolve() == out.resolve()
+    if not same and cohort.exists() and out.exists():
+        same = os.path.samefile(cohort, out)
+    if same:
+        raise InputError(
+            f"--out {out}: is the cohort folder itself; registering there would replace "
+            "its <id>_preRT_*_registered files; choose another folder"
+        )
+
+
 # --------------------------------------------------------------------------- one case
 
 
@@ -411,6 +462,7 @@ def case_outputs(out: str | Path, case_id: str) -> dict[str, Path]:
         "mask": expected_path(out, case_id, "preRT_mask_registered"),
         "elastix": root / "elastix",
         "record": root / RECORD_NAME,
+        "failed_log": root / "elastix.failed.log",  # kept from a failed run, for debugging
     }
 
 
@@ -438,6 +490,61 @@ def _case_params(
     return {"method": method}
 
 
+def _read_mid_mask(
+    mid_mask: str | Path | None, fixed: sitk.Image, mid_t2: str | Path
+) -> sitk.Image | None:
+    """The mid-RT mask (Dice check only), checked: labels and the mid-RT T2's grid."""
+    if mid_mask is None:
+        return None
+    gt = read_mask(mid_mask, "mid-RT mask")
+    check_same_grid(fixed, gt, mid_mask, mid_t2)
+    return from_array(array(gt), Grid.of(fixed))
+
+
+def _check_outputs_apart(
+    inputs: Mapping[str, Path], paths: Mapping[str, Path], out: str | Path, case_id: str
+) -> None:
+    """No output may replace an input, nor land in the folder the mid-RT T2 comes from."""
+    outputs = {paths[k].resolve() for k in ("t2", "mask", "record")}
+    elastix = paths["elastix"].resolve()
+    for key, path in inputs.items():
+        real = path.resolve()
+        if real in outputs or real.parent == elastix:
+            raise InputError(f"{path}: {key} is also an output of case {case_id} in {out}")
+    if "midRT_T2" in inputs and inputs["midRT_T2"].resolve().parent == paths["t2"].parent.resolve():
+        raise InputError(
+            f"--out {out}: is the cohort {inputs['midRT_T2']} comes from; registering there "
+            f"would replace its {case_id}_preRT_*_registered files; choose another folder"
+        )
+
+
+def _remove_outputs(paths: Mapping[str, Path], strict: bool = True) -> None:
+    """Remove a case's outputs, the record first (so nothing vouches for a partial set).
+
+    strict=False (cleaning up after a failure): log what cannot be removed, raise nothing,
+    and drop the case's folders when they are left empty.
+    """
+    files = [paths["record"], paths["t2"], paths["mask"]]
+    if strict:
+        files.append(paths["failed_log"])  # a new run: an earlier failure's log is stale
+    folder = paths["elastix"]
+    if folder.is_dir():
+        files += [*sorted(folder.glob("TransformParameters.*.txt")), folder / "elastix.log"]
+    for path in files:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            if strict:
+                raise InputError(f"{path}: cannot remove the earlier output ({exc})") from None
+            log.warning(f"{path}: could not remove the output of a failed case ({exc})")
+    if not strict:
+        for empty in (folder, paths["t2"].parent, paths["record"].parent):
+            try:
+                empty.rmdir()
+            except OSError:
+                pass  # not empty (other files) or absent
+
+
 def register_case(
     pre_t2: str | Path | None,
     pre_mask: str | Path | None,
@@ -453,16 +560,22 @@ def register_case(
     provided_t2: str | Path | None = None,
     provided_mask: str | Path | None = None,
     force: bool = False,
+    maps: Sequence[ParameterMap] | None = None,
 ) -> CaseResult:
     """Register one case into OUT/<case_id>/ (see the module docstring); skip if done.
 
     `seed` is this case's seed (elastix RandomSeed); `params` replaces the preset's elastix
-    file(s) (the rigid stage follows `preset`). Bad input raises InputError.
+    file(s) (the rigid stage follows `preset`); `maps` are those files already parsed by
+    `check_options` (parsed here when None). Bad input raises InputError. Outputs are
+    written only once everything is computed and checked, the record last; a case that
+    fails for any reason leaves none of its outputs behind.
     """
-    if method not in METHODS:
-        raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    case_id = check_case_id(case_id)
+    if maps is None:
+        maps = check_options(method, preset, params, threads)
+    else:
+        check_options(method, preset, params, threads, parse=False)
     paths = case_outputs(out, case_id)
-    maps = _case_maps(parameter_maps(preset, params), seed) if method == "elastix" else None
     if method == "provided":
         if provided_t2 is None or provided_mask is None:
             raise InputError(f"case {case_id}: method provided needs the organizers' files")
@@ -474,19 +587,57 @@ def register_case(
     inputs = {k: Path(v) for k, v in {**inputs, "midRT_T2": mid_t2}.items()}
     for i, p in enumerate(params or []):
         inputs[f"params/{i}"] = Path(p)
-    for key, path in inputs.items():
+    checked = {**inputs, **({"midRT_mask": Path(mid_mask)} if mid_mask is not None else {})}
+    for key, path in checked.items():
         if not path.is_file():
             raise InputError(f"{path}: {key} not found")
-    fingerprint_params = _case_params(method, preset, maps, seed)
+    _check_outputs_apart(checked, paths, out, case_id)
+    case_maps = _case_maps(maps or [], seed) if method == "elastix" else None
+    fingerprint_params = _case_params(method, preset, case_maps, seed)
     if not force and is_done(paths["record"], inputs, fingerprint_params):
         return CaseResult(case_id, "skipped", record=str(paths["record"]))
+    try:
+        _remove_outputs(paths)  # a rerun: no file of an earlier run may outlive it
+        return _register_case(
+            inputs,
+            paths,
+            case_id,
+            method,
+            preset,
+            case_maps,
+            fingerprint_params,
+            seed,
+            threads,
+            mid_mask,
+        )
+    except BaseException:
+        _remove_outputs(paths, strict=False)
+        raise
 
+
+def _register_case(
+    inputs: Mapping[str, Path],
+    paths: Mapping[str, Path],
+    case_id: str,
+    method: str,
+    preset: str,
+    maps: Sequence[ParameterMap] | None,
+    fingerprint_params: Mapping[str, Any],
+    seed: int,
+    threads: int | None,
+    mid_mask: str | Path | None,
+) -> CaseResult:
+    """register_case's work on checked inputs: compute and check everything, then write."""
     start = time.perf_counter()
+    mid_t2 = inputs["midRT_T2"]
     threads_used = threads
-    elastix_files: list[Path] = []
+    chain: list[ParameterMap] = []
+    elastix_log: str | None = None
     rigid_info = None
     if method == "provided":
+        provided_t2, provided_mask = inputs["preRT_T2_registered"], inputs["preRT_mask_registered"]
         fixed = read_image(mid_t2, "mid-RT T2")
+        gt = _read_mid_mask(mid_mask, fixed, mid_t2)
         warped = read_image(provided_t2, "registered pre-RT T2")
         warped_mask = read_mask(provided_mask, "registered pre-RT mask")
         check_same_grid(fixed, warped, provided_t2, mid_t2)
@@ -495,7 +646,9 @@ def register_case(
         warped, warped_mask = from_array(array(warped), grid), from_array(array(warped_mask), grid)
         identity_t2 = identity_mask = None
     else:
-        fixed, moving, mask = _check_inputs(Path(pre_t2), Path(pre_mask), Path(mid_t2))
+        pre_t2, pre_mask = inputs["preRT_T2"], inputs["preRT_mask"]
+        fixed, moving, mask = _check_inputs(pre_t2, pre_mask, mid_t2)
+        gt = _read_mid_mask(mid_mask, fixed, mid_t2)
         grid = Grid.of(fixed)
         identity_t2 = resample_to(moving, grid, nearest=False)
         identity_mask = resample_to(mask, grid, nearest=True)
@@ -510,26 +663,23 @@ def register_case(
                 "center_xyz_mm": list(rigid.GetCenter()),
             }
             with tempfile.TemporaryDirectory(prefix=f"hntseg-register-{case_id}-") as tmp:
+                logfile = Path(tmp) / "elastix.log"
                 try:
                     chain = elastix_register(fixed, moving, maps or [], initial, threads, Path(tmp))
-                finally:
-                    logfile = Path(tmp) / "elastix.log"
-                    if logfile.is_file():
-                        paths["elastix"].mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(logfile, paths["elastix"] / "elastix.log")
+                except Exception:
+                    if logfile.is_file():  # not an output: what went wrong, for the user
+                        write_text(paths["failed_log"], logfile.read_text(errors="replace"))
+                    raise
+                if logfile.is_file():
+                    elastix_log = logfile.read_text(errors="replace")
             warped = transformix(moving, chain, grid, nearest=False)
             warped_mask = transformix(mask, chain, grid, nearest=True)
             before, after = set(np.unique(array(mask))), set(np.unique(array(warped_mask)))
             if not after <= before:  # nearest neighbour can only copy labels
                 raise RuntimeError(f"registered mask has labels {sorted(after - before)}")
-            elastix_files = _write_chain(chain, paths["elastix"])
             import itk
 
             threads_used = int(itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads())
-
-    write_image(warped, paths["t2"])
-    write_image(warped_mask, paths["mask"])
-    runtime = round(time.perf_counter() - start, 3)
 
     sim: dict[str, Any] = {"registered": similarity(fixed, warped)}
     if identity_t2 is not None:
@@ -539,20 +689,23 @@ def register_case(
             and sim["registered"]["ncc"] > sim["identity"]["ncc"]
         )
     dice = None
-    if mid_mask is not None and Path(mid_mask).is_file():
-        gt = read_mask(mid_mask, "mid-RT mask")
-        check_same_grid(fixed, gt, mid_mask, mid_t2)
-        gt = from_array(array(gt), grid)
+    if gt is not None:
         dice = {"registered": dice_per_label(warped_mask, gt)}
         if identity_mask is not None:
             dice["identity"] = dice_per_label(identity_mask, gt)
-    outputs = [paths["t2"], paths["mask"], *elastix_files]
+
+    write_image(warped, paths["t2"])
+    write_image(warped_mask, paths["mask"])
+    elastix_files = _write_chain(chain, paths["elastix"]) if chain else []
+    if elastix_log is not None:
+        write_text(paths["elastix"] / "elastix.log", elastix_log)
+    runtime = round(time.perf_counter() - start, 3)
     write_record(
         paths["record"],
         "register",
         inputs,
         fingerprint_params,
-        outputs,
+        [paths["t2"], paths["mask"], *elastix_files],
         seed=seed if method == "elastix" else None,
         extra={
             "case_id": case_id,
@@ -648,17 +801,13 @@ def register_cohort(
     """Register every patient of a cohort into OUT (HNTS-MRG layout), `workers` at a time.
 
     Each case gets its own seed from `seed` and its id. Finished cases are skipped unless
-    `force`. A failing case is logged and the others finish; then StageError is raised
-    (unless raise_on_failure is False) naming the failed ids.
+    `force`. Options and parameter files are checked once, before any case (InputError).
+    A failing case is logged, leaves no outputs, and the others finish; then StageError is
+    raised (unless raise_on_failure is False) naming the failed ids.
     """
-    if method not in METHODS:
-        raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    if workers < 1:
-        raise InputError(f"--workers {workers}: must be at least 1")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads {threads}: must be at least 1")
-    if method == "elastix":
-        parameter_maps(preset, params)  # bad preset or parameter file: fail before any work
+    # bad options or parameter files fail here, before any case; the maps are parsed once
+    maps = check_options(method, preset, params, threads, workers)
+    check_out_not_cohort(cohort, out)
     required = (
         ("midRT_T2", "preRT_T2_registered", "preRT_mask_registered")
         if method == "provided"
@@ -683,6 +832,7 @@ def register_cohort(
             "provided_t2": p.get("preRT_T2_registered"),
             "provided_mask": p.get("preRT_mask_registered"),
             "force": force,
+            "maps": maps,
         }
         for p in patients
     ]
@@ -705,6 +855,7 @@ def register_cohort(
                     by_id[pid] = fut.result()
                 except Exception as exc:  # a worker that died (e.g. a crash inside elastix)
                     by_id[pid] = CaseResult(pid, "failed", f"worker died: {_first_line(exc)}")
+                    _remove_outputs(case_outputs(out, pid), strict=False)
                 _report(by_id[pid])
         results = [by_id[t["case_id"]] for t in tasks]
     failed = [r for r in results if r.status == "failed"]

@@ -216,6 +216,183 @@ def test_bad_inputs_give_one_line_errors(cohort, tmp_path):
     assert result.exit_code == 2 and "--pre-mask" in result.output
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """Two tiny patients (48x48x16): for the fast checks of options and failures."""
+    from hntseg.synth import synth_cohort
+
+    root = tmp_path_factory.mktemp("small")
+    synth_cohort(root, patients=2, seed=0, size=(48, 48, 16))
+    return root
+
+
+def _case_args(root: Path, pid: str = "1") -> list[str]:
+    return [
+        *("--pre-t2", str(expected_path(root, pid, "preRT_T2"))),
+        *("--pre-mask", str(expected_path(root, pid, "preRT_mask"))),
+        *("--mid-t2", str(expected_path(root, pid, "midRT_T2"))),
+    ]
+
+
+def _one_line_error(result, code: int, message: str) -> None:
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _copy_cohort(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_threads_and_workers_checked_in_both_forms(small, tmp_path):
+    out = tmp_path / "o"
+    for form in (_case_args(small), [str(small)]):
+        for extra, message in (
+            (["--threads", "-3"], "--threads -3: must be at least 1"),
+            (["--threads", "0"], "--threads 0: must be at least 1"),
+            (["--workers", "-2"], "--workers -2: must be at least 1"),
+        ):
+            args = ["register", *form, "--out", str(out), "--method", "identity", *extra]
+            _one_line_error(runner.invoke(app, args), 2, message)
+    # the elastix path crashed inside SimpleITK on a negative thread count (OverflowError)
+    args = ["register", *_case_args(small), "--out", str(out), "--threads", "-3"]
+    _one_line_error(runner.invoke(app, args), 2, "--threads -3")
+    assert not out.exists()
+
+
+def _mask_on_another_grid(like: Path, path: Path) -> Path:
+    mask = read_mask(like)
+    other = Grid.of(mask)
+    other = Grid(other.size, other.spacing, tuple(o + 7.0 for o in other.origin), other.direction)
+    write_image(from_array(array(mask), other), path)
+    return path
+
+
+def test_failed_case_leaves_none_of_its_outputs(small, tmp_path, monkeypatch):
+    # cohort form: case 1's mid-RT mask is on another grid; case 2 is fine
+    cohort = _copy_cohort(small, tmp_path / "cohort")
+    mid_mask = expected_path(cohort, "1", "midRT_mask")
+    _mask_on_another_grid(mid_mask, mid_mask)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["--quiet", "register", str(cohort), "--out", str(out), "--method", "identity"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "1 of 2 cases failed: 1: " in result.output and "not on the grid" in result.output
+    assert not (out / "1").exists()
+    assert (out / "2" / "register.record.json").is_file()
+    # single-case form: the same mask is a one-line input error, and nothing is written
+    args = ["register", *_case_args(small), "--out", str(tmp_path / "s"), "--id", "p1"]
+    result = runner.invoke(app, [*args, "--method", "identity", "--mid-mask", str(mid_mask)])
+    _one_line_error(result, 2, "not on the grid")
+    assert not (tmp_path / "s").exists()
+
+    # a failure after the images are written (here: the record) removes them again, and
+    # a forced rerun that fails leaves no output of the earlier, successful run either
+    import hntseg.register as reg
+
+    args = ["--quiet", "register", *_case_args(small), "--out", str(out), "--id", "p1"]
+    assert runner.invoke(app, [*args, "--method", "identity"]).exit_code == 0
+    assert expected_path(out, "p1", "preRT_mask_registered").is_file()
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reg, "write_record", broken)
+    result = runner.invoke(app, [*args, "--method", "identity", "--force"])
+    _one_line_error(result, 1, "case p1 failed: disk full")
+    assert not (out / "p1").exists()
+
+    # elastix failing in the single-case form: one line, exit 1, nothing left
+    def fake(fixed, moving, maps, initial, threads=None, log_dir=None):
+        (log_dir / "elastix.log").write_text("log\n")
+        raise RuntimeError("itk::ExceptionObject\nDescription: Too many samples map outside")
+
+    monkeypatch.setattr(reg, "elastix_register", fake)
+    result = runner.invoke(app, args)
+    _one_line_error(result, 1, "case p1 failed: Too many samples map outside")
+    # no outputs; only elastix's log, kept for debugging
+    assert [p.name for p in (out / "p1").rglob("*")] == ["elastix.failed.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["2", "p1"]
+
+
+def test_missing_mid_mask_is_an_error_only_when_given(small, tmp_path):
+    args = ["register", *_case_args(small), "--out", str(tmp_path / "s"), "--method", "identity"]
+    result = runner.invoke(app, [*args, "--mid-mask", str(tmp_path / "missing.nii.gz")])
+    _one_line_error(result, 2, "missing.nii.gz: midRT_mask not found")
+    assert not (tmp_path / "s").exists()
+    # the cohort form: a mid-RT mask is optional, used when present
+    cohort = _copy_cohort(small, tmp_path / "cohort")
+    expected_path(cohort, "1", "midRT_mask").unlink()
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["--quiet", "register", str(cohort), "--out", str(out), "--method", "identity"]
+    )
+    assert result.exit_code == 0, result.output
+    assert read_json(out / "1" / "register.record.json")["dice_to_midRT_mask"] is None
+    assert read_json(out / "2" / "register.record.json")["dice_to_midRT_mask"] is not None
+
+
+def test_params_only_with_elastix_and_parsed_once(small, tmp_path, monkeypatch):
+    import hntseg.register as reg
+
+    params = tmp_path / "mine.txt"
+    params.write_text(reg.preset_path("fast").read_text())
+    out = tmp_path / "out"
+    for form in (_case_args(small), [str(small)]):
+        for method in ("identity", "provided"):
+            args = ["register", *form, "--out", str(out), "--method", method]
+            result = runner.invoke(app, [*args, "--params", str(params)])
+            _one_line_error(result, 2, "--params applies to --method elastix only")
+    assert not out.exists()
+    # elastix: the files are parsed once for the whole cohort, not once per case
+    calls = []
+    parse = reg.read_parameter_file
+
+    def counting(path):
+        calls.append(Path(path))
+        return parse(path)
+
+    monkeypatch.setattr(reg, "read_parameter_file", counting)
+    monkeypatch.setattr(reg, "elastix_register", lambda f, m, maps, initial, *a: [initial])
+    result = runner.invoke(
+        app, ["--quiet", "register", str(small), "--out", str(out), "--params", str(params)]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [params]
+    record = read_json(out / "2" / "register.record.json")
+    assert record["params"]["elastix"][0]["Transform"] == ["BSplineTransform"]
+
+
+def test_case_id_is_a_plain_name(small, tmp_path):
+    out = tmp_path / "out"
+    for bad in ("../escape", "a/b", "a\\b", ".", "..", ""):
+        args = ["register", *_case_args(small), "--out", str(out), "--method", "identity"]
+        _one_line_error(runner.invoke(app, [*args, "--id", bad]), 2, "must be a plain name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_out_must_not_be_the_cohort(small, tmp_path):
+    cohort = _copy_cohort(small, tmp_path / "cohort")
+    before = {f: _digest(cohort / f) for f in _files(cohort)}
+    (tmp_path / "link").symlink_to(cohort)
+    for out in (cohort, tmp_path / "cohort" / ".", tmp_path / "link"):
+        for method in ("elastix", "identity", "provided"):
+            args = ["register", str(cohort), "--out", str(out), "--method", method]
+            _one_line_error(runner.invoke(app, args), 2, "is the cohort folder itself")
+    # the single-case form, writing into the cohort the mid-RT T2 comes from
+    args = ["register", *_case_args(cohort), "--out", str(cohort), "--id", "1"]
+    _one_line_error(runner.invoke(app, [*args, "--method", "identity"]), 2, "is the cohort")
+    assert {f: _digest(cohort / f) for f in _files(cohort)} == before
+
+
 # --------------------------------------------------------------------------- parameter files
 
 
@@ -336,3 +513,29 @@ def test_real_mri_lesion_recovered(tmp_path):
     assert dice > baseline
     record = read_json(tmp_path / "o" / "brain1" / "register.record.json")
     assert record["similarity"]["improved"] is True
+
+
+def test_elastix_failure_keeps_its_log_for_debugging(small, tmp_path, monkeypatch):
+    """A failed elastix run leaves no outputs but its log, which a later run removes."""
+    import hntseg.register as reg
+
+    def broken(fixed, moving, maps, initial, threads, workdir):
+        (workdir / "elastix.log").write_text("elastix: too many samples map outside")
+        raise RuntimeError("elastix failed")
+
+    monkeypatch.setattr(reg, "elastix_register", broken)
+    p = small / "1"
+    args = dict(
+        pre_t2=p / "preRT" / "1_preRT_T2.nii.gz",
+        pre_mask=p / "preRT" / "1_preRT_mask.nii.gz",
+        mid_t2=p / "midRT" / "1_midRT_T2.nii.gz",
+        out=tmp_path / "o",
+        case_id="1",
+    )
+    with pytest.raises(RuntimeError):
+        reg.register_case(**args)
+    log_file = tmp_path / "o" / "1" / "elastix.failed.log"
+    assert log_file.read_text() == "elastix: too many samples map outside"
+    assert sorted(p.name for p in (tmp_path / "o" / "1").rglob("*")) == ["elastix.failed.log"]
+    reg.register_case(**args, method="identity")
+    assert not log_file.exists()

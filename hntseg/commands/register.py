@@ -35,7 +35,8 @@ def add(app: typer.Typer) -> None:
             None,
             "--params",
             help="Your own elastix parameter file(s) instead of the preset's B-spline stage "
-            "(repeat to chain several); the rigid stage still follows --preset.",
+            "(repeat to chain several; --method elastix only); the rigid stage still "
+            "follows --preset.",
         ),
         seed: int = typer.Option(
             0, "--seed", min=0, help="Global seed (elastix RandomSeed per case)."
@@ -52,23 +53,33 @@ def add(app: typer.Typer) -> None:
         pre_mask: Path | None = typer.Option(None, "--pre-mask", help="Single case: pre-RT mask."),
         mid_t2: Path | None = typer.Option(None, "--mid-t2", help="Single case: mid-RT T2."),
         mid_mask: Path | None = typer.Option(
-            None, "--mid-mask", help="Single case, optional: mid-RT mask (Dice check only)."
+            None,
+            "--mid-mask",
+            help="Single case, optional: mid-RT mask (Dice check only); must exist if given.",
         ),
-        case_id: str = typer.Option("case", "--id", help="Single case: the id (OUT/<id>/...)."),
+        case_id: str = typer.Option(
+            "case", "--id", help="Single case: the id, a plain name (OUT/<id>/...)."
+        ),
     ) -> None:
         """Register pre-RT T2 + mask onto the mid-RT grid: rigid (SimpleITK) then elastix
         B-spline; image B-spline order 3, mask nearest neighbour; a record per case."""
-        from hntseg.errors import InputError
-        from hntseg.register import METHODS, PRESETS, register_case, register_cohort
+        from hntseg.errors import HntsegError, InputError, StageError
+        from hntseg.register import (
+            _first_line,
+            _summary,
+            check_case_id,
+            check_options,
+            register_case,
+            register_cohort,
+        )
 
-        if method not in METHODS:
-            raise InputError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-        if preset not in PRESETS:
-            raise InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        single = any(p is not None for p in (pre_t2, pre_mask, mid_t2))
+        # one check of the options for both forms, before any file is read (the cohort
+        # form parses the parameter files in register_cohort, once)
+        maps = check_options(method, preset, params, threads, workers, parse=cohort is None)
+        single = any(p is not None for p in (pre_t2, pre_mask, mid_t2, mid_mask))
         if cohort is not None and single:
             raise InputError(
-                "give either a COHORT folder or --pre-t2/--pre-mask/--mid-t2, not both"
+                "give either a COHORT folder or --pre-t2/--pre-mask/--mid-t2/--mid-mask, not both"
             )
         if cohort is None:
             if method == "provided":
@@ -77,25 +88,30 @@ def add(app: typer.Typer) -> None:
                                       ("--mid-t2", mid_t2)) if p is None]  # fmt: skip
             if missing:
                 raise InputError(f"give a COHORT folder, or all of {', '.join(missing)}")
+            check_case_id(case_id)
             from hntseg.records import case_seed
 
-            result = register_case(
-                pre_t2,
-                pre_mask,
-                mid_t2,  # type: ignore[arg-type]
-                out,
-                case_id,
-                method=method,
-                preset=preset,
-                params=params,
-                seed=case_seed(seed, case_id, "register") & 0x7FFFFFFF,
-                threads=threads,
-                mid_mask=mid_mask,
-                force=force,
-            )
+            try:
+                result = register_case(
+                    pre_t2,
+                    pre_mask,
+                    mid_t2,  # type: ignore[arg-type]
+                    out,
+                    case_id,
+                    method=method,
+                    preset=preset,
+                    params=params,
+                    seed=case_seed(seed, case_id, "register") & 0x7FFFFFFF,
+                    threads=threads,
+                    mid_mask=mid_mask,
+                    force=force,
+                    maps=maps,
+                )
+            except HntsegError:
+                raise
+            except Exception as exc:  # elastix or I/O: one line, like a failed cohort case
+                raise StageError(f"register: case {case_id} failed: {_first_line(exc)}") from None
             results = [result]
-            from hntseg.register import _summary
-
             console.print(_summary(result))
         else:
             results = register_cohort(
