@@ -79,7 +79,6 @@ def run_demo(
 
 def where(cfg: dict[str, Any], record: dict[str, Any]) -> str:
     """Where the masks, the score table and the QC pictures are, and the headline score."""
-    from hntseg.io import read_json
 
     work = Path(cfg["work"])
     evaluation = Path(cfg["evaluate"]["out"] or work / "evaluation")
@@ -92,8 +91,9 @@ def where(cfg: dict[str, Any], record: dict[str, Any]) -> str:
         lines.append(f"score plots:  {evaluation / 'figures'}/ (per-case DSC, worst cases)")
     summary_path = evaluation / "summary.json"
     if summary_path.is_file():
-        summary = read_json(summary_path, "summary")
-        agg = summary.get("dscagg") or {}
+        from hntseg.evaluate import read_summary
+
+        agg = read_summary(summary_path).get("dscagg") or {}
         if agg:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in agg.items() if isinstance(v, float))
             lines.append(f"DSCagg (smoke run, expect low): {shown}")

@@ -405,6 +405,11 @@ def _from_json(summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """summary.json as `evaluate` returned it (NaN restored, structures in label order)."""
+    return _from_json(read_json(path, "summary"))
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ""  # not computed
@@ -484,7 +489,7 @@ def evaluate(
         record = out / "evaluate.record.json"
         if not force and is_done(record, inputs, params):
             log.info("%s: up to date (use --force to recompute)", out)
-            summary = _from_json(read_json(out / "summary.json", "summary"))
+            summary = read_summary(out / "summary.json")
             summary["cases"] = read_cases_csv(out / "cases.csv")
             return summary
     rows, info = score(pred_dir, gt_dir, metrics, hd95, allow_missing)

@@ -538,3 +538,15 @@ def test_device_change_does_not_retrain_a_finished_fold(tmp_path, monkeypatch):
     cfg_more = resolve_config({**base, "device": "cpu", "seed": 1}, "t", tmp_path)
     run_pipeline(cfg_more, fold(cfg_more))
     assert calls[-1]["force"] is True
+
+
+def test_demo_headline_lists_structures_in_label_order(tmp_path):
+    """summary.json's keys are sorted (GTVn first); the demo's line reads GTVp, GTVn, mean."""
+    from hntseg.demo import demo_config, where
+    from hntseg.io import write_json
+
+    cfg = resolve_config(demo_config(tmp_path / "d"), "demo", tmp_path)
+    agg = {"GTVp": 0.5, "GTVn": None, "mean": None}
+    write_json(Path(cfg["work"]) / "evaluation" / "summary.json", {"dscagg": agg})
+    line = next(ln for ln in where(cfg, {}).splitlines() if ln.startswith("DSCagg"))
+    assert line.endswith("GTVp 0.500, GTVn nan, mean nan")
