@@ -107,7 +107,8 @@ class Stage:
     shape the result; outputs(ctx) the files that must exist when the stage is done.
     `per_case` stages can be sharded with --num-parts/--part-id; `after` lists the stages
     whose outputs this one reads (for the dry-run plan). `group` is the config section
-    and the name --force/--only/skip accept (e.g. `train` for `train-fold0`).
+    and the name --force/--only/skip accept (e.g. `train` for `train-fold0`). `uses_device`
+    stages (training, prediction) get the torch device chosen before they run.
     """
 
     name: str
@@ -119,6 +120,7 @@ class Stage:
     after: tuple[str, ...] = ()
     group: str = ""
     skip_reason: Callable[[Context], str | None] = lambda ctx: None
+    uses_device: bool = False
 
     @property
     def section(self) -> str:

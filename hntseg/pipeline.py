@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -124,6 +124,7 @@ class Decision:
     stage: str
     action: str  # "run" | "skip"
     reason: str
+    changed: bool = False  # its inputs or options differ from its last finished run
 
 
 def decide(
@@ -172,7 +173,7 @@ def decide(
             more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
             parts.append("inputs changed: " + ", ".join(changed[:3]) + more)
         return (
-            Decision(stage.name, "run", "; ".join(parts) or "fingerprint changed"),
+            Decision(stage.name, "run", "; ".join(parts) or "fingerprint changed", changed=True),
             inputs,
             options,
         )
@@ -319,6 +320,36 @@ def run_pipeline(
             write_json(p, record)
 
     save()
+    try:
+        _run_stages(ctx, stages, force, only, record, save)
+    except BaseException as exc:  # whatever stopped the run, run.json says so
+        running = [e for e in record["stages"] if e.get("status") == "running"]
+        for entry in running:
+            entry["status"] = "failed"
+            entry.setdefault("error", _first_line(exc))
+        record.update(status="failed", finished=_now())
+        record.setdefault("error", _first_line(exc))
+        save()
+        raise
+    record.update(status="finished", finished=_now())
+    save()
+    return record
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _run_stages(
+    ctx: Context,
+    stages: Sequence[Stage],
+    force: Sequence[str],
+    only: Sequence[str],
+    record: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """Run or skip each stage in order, recording each in `record` (saved as it goes)."""
+    config = ctx.config
     for stage in stages:
         entry: dict[str, Any] = {"stage": stage.name}
         record["stages"].append(entry)
@@ -327,7 +358,7 @@ def run_pipeline(
             continue
         ctx.force = _match(force, stage)
         decision, inputs, options = decide(ctx, stage, ctx.force)
-        ctx.changed = "changed" in decision.reason
+        ctx.changed = decision.changed
         entry.update(status="skipped" if decision.action == "skip" else "running")
         entry["reason"] = decision.reason
         if decision.action == "skip":
@@ -335,19 +366,23 @@ def run_pipeline(
             if stage.section not in config["skip"] and not (ctx.sharded and not stage.per_case):
                 entry["outputs"] = _short_outputs(ctx, stage)
             continue
-        if stage.section in ("train", "predict") and ctx.device is None:
+        if stage.uses_device and ctx.device is None:
             ctx.device, record["device"]["used"] = _device(config["device"])
             log.info("device: %s", record["device"]["used"])
         log.info("[bold]%s[/]: run (%s)", stage.name, decision.reason, extra={"markup": True})
         save()
+        # a stage that runs is not done until it finishes: drop its state first, so that a
+        # killed or failed run can never be taken for a finished one (the stage may still
+        # read the previous state from ctx.extra)
+        state = state_path(ctx, stage)
+        ctx.extra["previous_state"] = _read_state(state)
+        state.unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
             result = stage.run(ctx)
         except BaseException as exc:
             entry.update(status="failed", duration_s=round(time.perf_counter() - t0, 3))
-            entry["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            record.update(status="failed", finished=_now())
-            save()
+            entry["error"] = _first_line(exc)
             raise
         duration = time.perf_counter() - t0
         # hash the inputs again after the run: what the stage actually used
@@ -378,9 +413,14 @@ def run_pipeline(
             entry["result"] = result
         log.info("[bold]%s[/]: done in %.1f s", stage.name, duration, extra={"markup": True})
         save()
-    record.update(status="finished", finished=_now())
-    save()
-    return record
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = read_json(path, "stage state") if path.is_file() else None
+    except InputError:
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _short_outputs(ctx: Context, stage: Stage) -> list[str]:

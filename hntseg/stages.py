@@ -6,6 +6,7 @@ to the engine: what it reads, which options shape it and which files it must wri
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -358,7 +359,11 @@ def _plan_stage() -> Stage:
         "plan",
         run,
         inputs=_dataset_files,
-        outputs=lambda ctx: [dataset_dir(ctx, "nnUNet_preprocessed") / f"{_plans()}.json"],
+        # the record is written last, once preprocessing finished
+        outputs=lambda ctx: [
+            dataset_dir(ctx, "nnUNet_preprocessed") / f"{_plans()}.json",
+            dataset_dir(ctx, "nnUNet_preprocessed") / _preprocess_record(),
+        ],
         options=lambda ctx: {
             "dataset": ctx.config["dataset"]["id"],
             "plans_override": _plans_override(ctx),
@@ -372,6 +377,12 @@ def _plans_override(ctx: Context) -> dict[str, Any] | None:
     t = ctx.config["train"]
     override = {k: t[k] for k in ("batch_size", "patch_size") if t.get(k)}
     return override or None
+
+
+def _preprocess_record() -> str:
+    from hntseg.train import PREPROCESS_RECORD
+
+    return PREPROCESS_RECORD
 
 
 def _plans() -> str:
@@ -405,17 +416,37 @@ def _checkpoint(ctx: Context, fold: int) -> Path:
     return _fold_dir(ctx, fold) / "checkpoint_final.pth"
 
 
+FOLD_MARKER = "hntseg_fold.json"  # in the fold folder: what the fold there is trained for
+
+
 def _train_stage(fold: int) -> Stage:
     def run(ctx: Context) -> Any:
+        from hntseg.io import write_json
         from hntseg.train import train
 
         t = ctx.config["train"]
         full = t["epochs"] == 1000 and t["iterations_per_epoch"] == 250  # the paper's trainer
-        retrain = ctx.force or (ctx.changed and _fold_changed(ctx, stage))
-        latest = _fold_dir(ctx, fold) / "checkpoint_latest.pth"
-        resume = not retrain and latest.is_file() and not _checkpoint(ctx, fold).is_file()
+        folder = _fold_dir(ctx, fold)
+        final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
+        current = _fold_fingerprint(ctx, stage)
+        marker = folder / FOLD_MARKER
+        made_for = _read_marker(marker)
+        if ctx.force:
+            retrain = True
+        elif made_for is not None:  # the fold on disk says which inputs and options made it
+            retrain = made_for != current
+        else:  # no marker (a fold from `hntseg train`, or an older hntseg): the last state
+            retrain = ctx.changed and _fold_changed(ctx, stage)
+        if retrain:
+            # an interrupted retraining must never leave the old model (or the old run's
+            # checkpoint to continue from) as if it were the new one
+            for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+                (folder / name).unlink(missing_ok=True)
+        resume = not retrain and latest.is_file() and not final.is_file()
         if resume:
             log.info("train-fold%d: continuing from %s", fold, latest)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"fingerprint": current, "fold": fold})
         train(
             work=ctx.work,
             dataset_id=ctx.config["dataset"]["id"],
@@ -450,6 +481,7 @@ def _train_stage(fold: int) -> Stage:
         },
         after=("dataset", "plan"),
         group="train",
+        uses_device=True,
     )
     return stage
 
@@ -461,14 +493,30 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _fold_fingerprint(ctx: Context, stage: Stage) -> str:
+    """The inputs (by content) and options a fold is trained for."""
+    from hntseg.pipeline import hash_path
+
+    inputs = {k: hash_path(v) for k, v in stage.inputs(ctx).items()}
+    return hashlib.sha256(_canon([inputs, dict(stage.options(ctx))]).encode()).hexdigest()
+
+
+def _read_marker(path: Path) -> str | None:
+    try:
+        data = read_json(path, "fold marker") if path.is_file() else None
+    except HntsegError:
+        return None
+    return data.get("fingerprint") if isinstance(data, dict) else None
+
+
 def _fold_changed(ctx: Context, stage: Stage) -> bool:
     """Whether a train-fold stage's inputs or options really differ from its last finished
-    run: states of older versions also hold the device, and a device change alone must not
-    retrain a finished fold."""
-    from hntseg.pipeline import hash_path, state_path
+    run (the state the pipeline passes in ctx.extra): states of older versions also hold the
+    device, and a device change alone must not retrain a finished fold."""
+    from hntseg.pipeline import hash_path
 
+    state = ctx.extra.get("previous_state")
     try:
-        state = read_json(state_path(ctx, stage), "stage state")
         inputs = {k: hash_path(v) for k, v in stage.inputs(ctx).items()}
         options = dict(stage.options(ctx))
     except HntsegError:
@@ -559,6 +607,7 @@ def _predict_stage() -> Stage:
         },
         per_case=True,
         after=("synth", "register", "train", "plan"),
+        uses_device=True,
     )
 
 

@@ -30,6 +30,7 @@ from hntseg.nnunet import (
     PLANNER,
     PLANS,
     SHORT_TRAINER,
+    check_device,
     describe_device,
     find_dataset,
     model_folder,
@@ -66,8 +67,9 @@ def plan_and_preprocess(
     `plans_override` replaces keys of the configuration in the plans (e.g. a smaller
     `patch_size` or `batch_size` for tests) before preprocessing.
     """
+    check_plans_override(plans_override)
+    name = find_dataset(work, dataset_id)  # before any folder is created
     paths = set_environment(work, workers)
-    name = find_dataset(work, dataset_id)
     raw, pre = paths.raw / name, paths.preprocessed / name
     if not (pre / "splits_final.json").is_file():
         raise InputError(f"{pre / 'splits_final.json'}: missing (run hntseg build-dataset)")
@@ -91,6 +93,9 @@ def plan_and_preprocess(
     if not force and same_override and is_done(record, inputs, params):
         log.info(f"{plans_file}: plans and preprocessed data reused")
         return plans_file
+    # nnU-Net rewrites the plans and empties the data folder as it goes: until it finished,
+    # nothing may vouch for them (a failed or killed attempt must be redone, not reused)
+    record.unlink(missing_ok=True)
     n = int(os.environ.get("nnUNet_def_n_proc", "1"))
     log.info(f"{name}: fingerprint, plan ({PLANNER}) and preprocess {configuration}")
     # 0 workers (no augmentation processes) is valid for training, but nnU-Net's planner
@@ -118,6 +123,26 @@ def plan_and_preprocess(
     return plans_file
 
 
+def check_plans_override(override: dict[str, Any] | None) -> None:
+    """The checks of a plans override that need no plans: before any planning work."""
+    if not override:
+        return
+    unknown = sorted(set(override) - {"batch_size", "patch_size"})
+    if unknown:
+        raise InputError(f"plans override {unknown}: only batch_size and patch_size")
+    batch = override.get("batch_size")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise InputError(f"batch_size {batch!r}: expected a whole number >= 1")
+    patch = override.get("patch_size")
+    if patch is not None and (
+        not isinstance(patch, (list, tuple))
+        or len(patch) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in patch)
+        or min(patch) < 1
+    ):
+        raise InputError(f"patch_size {patch}: expected 3 whole numbers >= 1 (z, y, x)")
+
+
 def apply_plans_override(
     plans_file: Path, configuration: str, override: dict[str, Any]
 ) -> dict[str, Any]:
@@ -126,21 +151,15 @@ def apply_plans_override(
 
     The network's topology stays the planner's, so a patch must be divisible, axis by
     axis, by the network's total stride; anything else is a one-line InputError."""
+    check_plans_override(override)
     plans = read_json(plans_file, "nnU-Net plans")
     if configuration not in plans["configurations"]:
         raise InputError(f"{plans_file}: no configuration {configuration}")
     cfg = plans["configurations"][configuration]
-    batch = override.get("batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise InputError(f"batch_size {batch!r}: expected a whole number >= 1")
     patch = override.get("patch_size")
     if patch is not None:
         planned = cfg["patch_size"]
-        if (
-            len(patch) != len(planned)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in patch)
-            or min(patch) < 1
-        ):
+        if len(patch) != len(planned):
             raise InputError(
                 f"patch_size {patch}: expected {len(planned)} whole numbers (z, y, x), "
                 f"like the planned {planned}"
@@ -232,10 +251,14 @@ def train(
             raise InputError(f"{flag} {value}: must be >= 1")
     if continue_training and force:
         raise InputError("--continue and --force: choose one")
-    paths = set_environment(work, workers)
+    check_device(device)
+    check_plans_override(plans_override)
+    # every check before any folder is created (a typo'd WORK must leave nothing behind)
     name = find_dataset(work, dataset_id)
+    paths = set_environment(work, workers, create=False)
     splits = read_json(paths.preprocessed / name / "splits_final.json", "splits_final.json")
     folds = _folds(fold, len(splits))
+    set_environment(work, workers)
     short = epochs is not None or iterations_per_epoch is not None or val_iterations is not None
     trainer = SHORT_TRAINER if short else FULL_TRAINER
     if short:
@@ -295,8 +318,9 @@ def train(
                 "trainer": trainer,
                 "plans": PLANS,
                 "configuration": configuration,
-                "epochs": os.environ.get("HNTSEG_EPOCHS") if short else 1000,
-                "iterations_per_epoch": os.environ.get("HNTSEG_ITERATIONS") if short else 250,
+                "epochs": int(os.environ["HNTSEG_EPOCHS"]) if short else 1000,
+                "iterations_per_epoch": int(os.environ["HNTSEG_ITERATIONS"]) if short else 250,
+                "plans_override": plans_override,
                 "device": torch_device.type,
                 "smoke_run": short,
             },

@@ -550,3 +550,84 @@ def test_demo_headline_lists_structures_in_label_order(tmp_path):
     write_json(Path(cfg["work"]) / "evaluation" / "summary.json", {"dscagg": agg})
     line = next(ln for ln in where(cfg, {}).splitlines() if ln.startswith("DSCagg"))
     assert line.endswith("GTVp 0.500, GTVn nan, mean nan")
+
+
+def _fold_setup(tmp_path, monkeypatch):
+    """A work folder with a (fake) dataset and plans, and a stand-in for nnU-Net training."""
+    from hntseg.stages import _checkpoint
+
+    (tmp_path / "c").mkdir()
+    base = {"cohort": "c", "work": "w", "train": {"folds": [0]}, "dataset": {"n_folds": 2}}
+    ctx = Context(resolve_config(base, "t", tmp_path))
+    for path in (
+        pipeline.dataset_dir(ctx) / "dataset.json",
+        pipeline.dataset_dir(ctx, "nnUNet_preprocessed") / "splits_final.json",
+        pipeline.dataset_dir(ctx, "nnUNet_preprocessed") / "nnUNetResEncUNetMPlans.json",
+        pipeline.dataset_dir(ctx) / "imagesTr" / "1_midRT_0000.nii.gz",
+        pipeline.dataset_dir(ctx) / "labelsTr" / "1_midRT.nii.gz",
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    final = _checkpoint(ctx, 0)
+    calls: list[dict] = []
+    monkeypatch.setattr(pipeline, "_device", lambda requested: (requested, requested))
+    return base, final, calls
+
+
+def test_killed_retraining_resumes_and_never_keeps_the_old_model(tmp_path, monkeypatch):
+    base, final, calls = _fold_setup(tmp_path, monkeypatch)
+    latest = final.parent / "checkpoint_latest.pth"
+    kill = {"now": False}
+
+    def fake_train(**kw):
+        calls.append(kw)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if kill["now"]:
+            latest.write_bytes(b"half of " + str(kw["seed"]).encode())
+            raise KeyboardInterrupt
+        if kw["force"] or kw["continue_training"] or not final.is_file():
+            final.write_bytes(b"trained with seed " + str(kw["seed"]).encode())
+
+    monkeypatch.setattr("hntseg.train.train", fake_train)
+
+    def run(seed):
+        cfg = resolve_config({**base, "seed": seed}, "t", tmp_path)
+        return run_pipeline(cfg, [_stage(cfg, "train-fold0")])
+
+    run(0)
+    assert final.read_bytes() == b"trained with seed 0"
+    kill["now"] = True  # a new option: retraining starts, then the job is killed
+    with pytest.raises(KeyboardInterrupt):
+        run(1)
+    assert calls[-1]["force"] is True
+    assert not final.exists()  # the seed-0 model cannot pass for the seed-1 one
+    saved = read_json(tmp_path / "w" / "run.json")
+    assert saved["status"] == "failed" and saved["stages"][0]["status"] == "failed"
+    assert not (tmp_path / "w" / ".hntseg" / "state" / "train-fold0.json").exists()
+    kill["now"] = False
+    run(1)  # the rerun continues the seed-1 training instead of starting it over
+    assert calls[-1]["continue_training"] is True and calls[-1]["force"] is False
+    assert final.read_bytes() == b"trained with seed 1"
+    run(0)  # back to seed 0: the fold on disk is seed 1's, so it retrains
+    assert calls[-1]["force"] is True
+
+
+def test_run_json_says_failed_when_the_device_cannot_be_had(tmp_path, monkeypatch):
+    base, final, calls = _fold_setup(tmp_path, monkeypatch)
+
+    def no_gpu(requested):
+        raise InputError(f"--device {requested}: no CUDA GPU visible to torch")
+
+    monkeypatch.setattr(pipeline, "_device", no_gpu)
+    cfg = resolve_config({**base, "device": "cuda"}, "t", tmp_path)
+    with pytest.raises(InputError):
+        run_pipeline(cfg, [_stage(cfg, "train-fold0")])
+    saved = read_json(tmp_path / "w" / "run.json")
+    assert saved["status"] == "failed" and saved["finished"]
+    assert "no CUDA GPU" in saved["error"] and saved["stages"][0]["status"] == "failed"
+
+
+def test_only_training_and_prediction_need_a_device(tmp_path):
+    cfg = resolve_config({"work": str(tmp_path), "synth": {"enabled": True}}, "t", tmp_path)
+    needs = {s.name for s in pipeline.default_stages(cfg) if s.uses_device}
+    assert needs == {f"train-fold{f}" for f in cfg["train"]["folds"]} | {"predict"}

@@ -1,0 +1,73 @@
+"""train / plan_and_preprocess: checks before any work, and no stale record vouching for
+half-made plans (nnU-Net itself is stubbed out: these tests never plan or train)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from hntseg import train as train_module
+from hntseg.cli import app
+from hntseg.errors import InputError
+from hntseg.io import write_json
+
+runner = CliRunner()
+
+
+def _one_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, (
+        result.output
+    )
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "no dataset with id 11"),
+        (["--device", "gpu"], "--device 'gpu'"),
+        (["--patch-size", "48,192"], "patch_size [48, 192]: expected 3"),
+    ],
+)
+def test_train_user_errors_create_nothing(tmp_path, extra, message):
+    work = tmp_path / "typo_work"
+    args = ["train", "--work", str(work), "--dataset-id", "11", "--fold", "0", *extra]
+    assert message in _one_line(runner.invoke(app, args))
+    assert not work.exists()
+
+
+@pytest.fixture
+def planned(tmp_path):
+    """A built dataset (raw + splits) with a record saying it was planned and preprocessed."""
+    raw = tmp_path / "nnUNet_raw" / "Dataset011_x"
+    pre = tmp_path / "nnUNet_preprocessed" / "Dataset011_x"
+    write_json(raw / "dataset.json", {})
+    write_json(pre / "splits_final.json", [])
+    record = pre / train_module.PREPROCESS_RECORD
+    write_json(record, {"fingerprint": "old"})
+    return tmp_path, record
+
+
+def test_failed_planning_leaves_no_record_to_reuse(planned, monkeypatch):
+    work, record = planned
+
+    def nnunet_fails(*args, **kw):
+        assert not record.exists()  # removed before nnU-Net touches plans or data
+        raise InputError("patch_size [15, 32, 32]: each axis must be a multiple ...")
+
+    monkeypatch.setattr(train_module, "_plan_and_preprocess", nnunet_fails)
+    with pytest.raises(InputError, match="multiple"):
+        train_module.plan_and_preprocess(work, 11, plans_override={"patch_size": [15, 32, 32]})
+    assert not record.exists()  # the next run plans again instead of reusing
+
+
+@pytest.mark.parametrize(
+    "override", [{"patch_size": [48, 192]}, {"batch_size": 0}, {"patch": [1, 2, 3]}]
+)
+def test_bad_override_is_refused_before_planning(planned, monkeypatch, override):
+    work, record = planned
+    monkeypatch.setattr(train_module, "_plan_and_preprocess", pytest.fail)
+    with pytest.raises(InputError):
+        train_module.plan_and_preprocess(work, 11, plans_override=override)
+    assert record.exists()  # nothing was started, so nothing was invalidated
