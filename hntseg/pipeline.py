@@ -149,7 +149,8 @@ def decide(
     if force:
         return Decision(stage.name, "run", "forced (--force)"), {}, options
     if upstream_runs:
-        reason = f"reads what {', '.join(upstream_runs)} will write"
+        # an upper bound: the real run skips it if those outputs come out byte-identical
+        reason = f"reads what {', '.join(upstream_runs)} will write (skipped if unchanged)"
         return Decision(stage.name, "run", reason), {}, options
     try:
         inputs = {k: hash_path(v) for k, v in stage.inputs(ctx).items()}
@@ -200,7 +201,8 @@ def check_stage_names(names: Sequence[str], stages: Sequence[Stage], flag: str) 
     known = {s.name for s in stages} | {s.section for s in stages} | set(ALIASES)
     for n in names:
         if n not in known:
-            raise InputError(f"{flag} {n}: unknown stage; known: {', '.join(STAGES)}")
+            names_ = sorted(known, key=lambda k: (k not in STAGES, k))
+            raise InputError(f"{flag} {n}: unknown stage; known: {', '.join(names_)}")
 
 
 def plan(
@@ -232,6 +234,28 @@ def _device(requested: str) -> tuple[str, str]:
 
     device = select_device(requested)
     return device.type, describe_device(device)
+
+
+def _check_fold_count(ctx: Context, stages: Sequence[Stage], only: Sequence[str]) -> None:
+    """Fewer patients than folds would stop the run at the dataset stage, after registration
+    and the priors: say so before anything runs (the dry run too)."""
+    dataset = [s for s in stages if s.name == "dataset"]
+    if not dataset or ctx.sharded or "dataset" in ctx.config["skip"]:
+        return
+    if only and not _match(only, dataset[0]):
+        return
+    n_folds = ctx.config["dataset"]["n_folds"]
+    synth = ctx.config["synth"]
+    if synth["enabled"] and not ctx.cohort.is_dir():
+        count, where = synth["patients"], "synth.patients"
+    elif ctx.cohort.is_dir():
+        count, where = len(ctx.all_ids()), str(ctx.cohort)
+    else:
+        return
+    if count < n_folds:
+        raise InputError(
+            f"dataset.n_folds {n_folds}: {where} gives {count} patient(s); need one per fold"
+        )
 
 
 def _elastix_versions() -> dict[str, str]:
@@ -272,6 +296,7 @@ def run_pipeline(
     check_stage_names(force, stages, "--force")
     check_stage_names(only, stages, "--only")
     ctx = Context(config, num_parts=num_parts, part_id=part_id)
+    _check_fold_count(ctx, stages, only)
     record: dict[str, Any] = {
         "hntseg_run": 1,
         "config_path": str(config_path) if config_path else None,

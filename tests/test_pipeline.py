@@ -631,3 +631,17 @@ def test_only_training_and_prediction_need_a_device(tmp_path):
     cfg = resolve_config({"work": str(tmp_path), "synth": {"enabled": True}}, "t", tmp_path)
     needs = {s.name for s in pipeline.default_stages(cfg) if s.uses_device}
     assert needs == {f"train-fold{f}" for f in cfg["train"]["folds"]} | {"predict"}
+
+
+def test_too_few_patients_for_the_folds_is_refused_up_front(tmp_path, tiny_cohort):
+    cfg = resolve_config({"work": str(tmp_path / "w"), "synth": {"enabled": True}}, "t")
+    cfg["synth"]["patients"] = 4  # the default 5 folds need 5 patients
+    with pytest.raises(InputError, match="n_folds 5: synth.patients gives 4 patient"):
+        run_pipeline(cfg, dry_run=True)
+    cfg = resolve_config({"work": str(tmp_path / "w"), "cohort": str(tiny_cohort)}, "t")
+    with pytest.raises(InputError, match="n_folds 5: .* gives 4 patient"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "w").exists()  # before anything was written
+    run_pipeline(cfg, dry_run=True, only=["boxes"])  # a run without the dataset stage: fine
+    with pytest.raises(InputError, match="unknown stage; known: .*train-fold0"):
+        run_pipeline(cfg, dry_run=True, force=["train-fold7"])
