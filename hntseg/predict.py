@@ -458,13 +458,7 @@ def ensemble_predict(
         return outputs
     set_environment(work, workers=None, create=False)  # before nnunetv2 is imported
     torch_device = select_device(device)
-    console.print(
-        f"ensemble-predict: device {describe_device(torch_device)}, folds "
-        f"{' '.join(map(str, folds))} of {folder.name}, TTA {'on' if tta else 'off'}"
-        + (", bfloat16" if cpu_bf16 and torch_device.type == "cpu" else "")
-    )
-    if SHORT_TRAINER in folder.name:
-        log.warning(f"{folder.name}: a SMOKE-RUN model (short training), not a usable model")
+    _announce("ensemble-predict", torch_device, folds, folder, tta, cpu_bf16)
     model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
     failed: list[str] = []
     for case, out_path, inputs, rec in progress(todo, "ensemble-predict"):
@@ -479,6 +473,19 @@ def ensemble_predict(
     if failed:
         raise StageError(f"{len(failed)} of {len(todo)} case(s) failed; first: {failed[0]}")
     return outputs
+
+
+def _announce(
+    what: str, torch_device: Any, folds: Sequence[int], folder: Path, tta: bool, bf16: bool
+) -> None:
+    """Which device, folds and model a prediction uses; loudly, when a smoke-run model."""
+    console.print(
+        f"{what}: device {describe_device(torch_device)}, folds "
+        f"{' '.join(map(str, folds))} of {folder.name}, TTA {'on' if tta else 'off'}"
+        + (", bfloat16" if bf16 and torch_device.type == "cpu" else "")
+    )
+    if SHORT_TRAINER in folder.name:
+        log.warning(f"{folder.name}: a SMOKE-RUN model (short training), not a usable model")
 
 
 def challenge_predict(
@@ -513,7 +520,7 @@ def challenge_predict(
     case = PredictCase("output", files["t2"], files, gradmap_from_mask="gradmap" in channels)
     set_environment(work, workers=None, create=False)  # before nnunetv2 is imported
     torch_device = select_device(device)
-    console.print(f"ensemble-predict (challenge): device {describe_device(torch_device)}")
+    _announce("ensemble-predict (challenge)", torch_device, folds, folder, tta, cpu_bf16)
     with tempfile.TemporaryDirectory() as tmp:
         t2, data, props = load_case(case, channels, margin, Path(tmp))
     model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)

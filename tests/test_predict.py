@@ -227,3 +227,31 @@ def test_library_checks_options_first(tmp_path):
         predict.ensemble_predict(tmp_path, tmp_path / "nowork", DID, tmp_path, ensemble="mean")
     assert predict.check_options(DID, ["3", 1], 2, "softmax", "auto") == ([3, 1], 2)
     assert not (tmp_path / "nowork").exists()
+
+
+def test_both_forms_say_loudly_when_the_model_is_a_smoke_run(tmp_path):
+    import logging
+
+    from hntseg.log import log
+    from hntseg.nnunet import SHORT_TRAINER
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log.addHandler(handler)
+    try:
+        for trainer in (SHORT_TRAINER, FULL_TRAINER):
+            folder = tmp_path / f"{trainer}__nnUNetResEncUNetMPlans__3d_fullres"
+            predict._announce("ensemble-predict (challenge)", _CPU, [0], folder, True, False)
+    finally:
+        log.removeHandler(handler)
+    smoke = [r for r in records if "SMOKE-RUN" in r.getMessage()]
+    assert len(smoke) == 1 and smoke[0].levelno == logging.WARNING
+    assert SHORT_TRAINER in smoke[0].getMessage()
+
+
+class _FakeDevice:
+    type = "cpu"
+
+
+_CPU = _FakeDevice()
