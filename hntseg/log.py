@@ -1,4 +1,9 @@
-"""Console, logging and progress bars through rich; `--quiet` turns both down."""
+"""Console, logging and progress bars through rich; `--quiet` turns both down.
+
+`--quiet` (for clusters) keeps warnings, errors and a command's result (a table such as
+`hntseg evaluate`'s scores or `hntseg cohort`'s listing, on stdout); it drops progress bars,
+info logging and status lines such as "wrote N synthetic patients" (see `status`).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,15 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 
 def is_quiet() -> bool:
+    """True under `--quiet`."""
     return _state["quiet"]
+
+
+def status(message: str) -> None:
+    """Print an informational status line on stderr ("wrote ..."), unless quiet. Plain text
+    (no rich markup, so paths with brackets print as they are), never wrapped."""
+    if not is_quiet():
+        console.print(message, markup=False, soft_wrap=True)
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -28,6 +28,50 @@ MAX_ROWS = 8  # boxes shown per picture (the largest first beyond that)
 ZOOM_PAD = 12  # voxels around the box in the zoomed panels
 
 
+def check_png(out_png: str | Path, option: str = "--out") -> Path:
+    """The picture's path; a name that does not end in .png is an InputError (the file is
+    always PNG, and a .jpg holding PNG bytes would mislead viewers and tools)."""
+    out_png = Path(out_png)
+    if out_png.suffix.lower() != ".png":
+        raise InputError(
+            f"{option} {out_png}: QC pictures are PNG files; give a name ending in .png"
+        )
+    return out_png
+
+
+def mask_names(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """A distinct legend name per mask file: its name without the image extension, with as many
+    parent folders as it takes to tell apart masks of the same name (a/8 and b/8). The same
+    file given twice is an InputError."""
+    from hntseg.io import strip_suffix
+
+    paths = [Path(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            also = f" (also as {seen[key]})" if seen[key] != path else ""
+            raise InputError(f"--mask {path}: the same mask given twice{also}")
+        seen[key] = path
+    depth = [0] * len(paths)
+
+    def name(i: int) -> str:
+        folders = paths[i].parent.parts
+        return "/".join([*folders[len(folders) - depth[i] :], strip_suffix(paths[i])])
+
+    while True:
+        names = [name(i) for i in range(len(paths))]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+        grow = [i for i in clash if depth[i] < len(paths[i].parent.parts)]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    if len(set(names)) < len(names):  # e.g. x/8.nii.gz and x/8.mha: the full paths
+        names = [str(p) for p in paths]
+    return dict(zip(names, paths, strict=True))
+
+
 def _slice_of(box, mask: np.ndarray | None) -> int:
     """The axial slice to show for a box: the one with most voxels of the box's label in the
     first mask (its component, usually), else the box centre."""
@@ -47,6 +91,7 @@ def qc_case(
     title: str | None = None,
 ) -> Path:
     """Write the QC picture of one case (PNG, atomic). Images must share the T2's grid."""
+    out_png = check_png(out_png)
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle

@@ -32,6 +32,12 @@ from hntseg.records import case_seed, versions
 
 FIELD_OF_VIEW_MM = (240.0, 240.0, 150.0)  # (x, y, z): the real median 512x512x75 @ .47x.47x2
 DEFAULT_SIZE = (128, 128, 32)  # (x, y, z)
+# Bounds of the grid options. The paper's largest case is 768x768x162 (96 M voxels) at about
+# 0.5x0.5x2 mm; drawing a patient peaks at about 200 bytes per voxel (19 GB for that case).
+SIZE_RANGE = (8, 2048)  # voxels per axis
+MAX_VOXELS = 1024 * 1024 * 128  # per volume: about 27 GB at the peak
+SPACING_RANGE_MM = (0.05, 20.0)  # per axis
+MAX_FOV_MM = 1000.0  # per axis (size x spacing); the anatomy's lattices grow with it
 
 
 @dataclass
@@ -260,8 +266,8 @@ def synth_patient(
     spacing: tuple[float, float, float] | None = None,
 ) -> dict:
     """Write one synthetic patient in the HNTS-MRG layout; returns its truth summary."""
+    size, spacing = check_grid(size, spacing)
     rng = np.random.default_rng(case_seed(seed, pid, "synth"))
-    size = tuple(int(v) for v in size)
     if spacing is None:
         spacing = tuple(round(f / n, 4) for f, n in zip(FIELD_OF_VIEW_MM, size, strict=True))
     fov = tuple(n * s for n, s in zip(size, spacing, strict=True))
@@ -336,26 +342,84 @@ def synth_patient(
     }
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    """'512x512x75' -> (512, 512, 75), in (x, y, z) order."""
+def _numbers(text: str) -> list[str]:
+    """'64x64x16', '64,64,16' or '64 x 64 x 16' -> ['64', '64', '16']."""
+    return [v.strip() for v in text.lower().replace(",", "x").split("x")]
+
+
+def _shown(values) -> str:
+    """(0.5, 0.5, 2.0) -> '0.5x0.5x2', for messages."""
     try:
-        parts = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 8:
-        raise InputError(f"--size {text!r}: expected X x Y x Z voxels, each >= 8 (e.g. 128x128x32)")
+        return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+    except TypeError:
+        return repr(values)
+
+
+def check_size(size, what: str | None = None) -> tuple[int, int, int]:
+    """The pre-RT grid size (x, y, z) as ints: each within SIZE_RANGE, at most MAX_VOXELS in
+    all, else an InputError starting with `what` (default: '--size X x Y x Z')."""
+    what = what or f"--size {_shown(size)}"
+    lo, hi = SIZE_RANGE
+    try:
+        parts = tuple(int(v) for v in size)
+        whole = all(float(v) == int(v) for v in size)
+    except (TypeError, ValueError, OverflowError):
+        parts, whole = (), False
+    if len(parts) != 3 or not whole or not all(lo <= v <= hi for v in parts):
+        raise InputError(f"{what}: expected X x Y x Z voxels, each {lo}-{hi} (e.g. 128x128x32)")
+    if math.prod(parts) > MAX_VOXELS:
+        raise InputError(
+            f"{what}: {math.prod(parts)} voxels, at most {MAX_VOXELS} (e.g. 1024x1024x128)"
+        )
     return parts  # type: ignore[return-value]
+
+
+def check_spacing(spacing, what: str | None = None) -> tuple[float, float, float]:
+    """The voxel spacing (x, y, z) in mm as floats: finite, each within SPACING_RANGE_MM,
+    else an InputError starting with `what` (default: '--spacing X x Y x Z')."""
+    what = what or f"--spacing {_shown(spacing)}"
+    lo, hi = SPACING_RANGE_MM
+    try:
+        parts = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError, OverflowError):
+        parts = ()
+    if len(parts) != 3 or not all(math.isfinite(v) and lo <= v <= hi for v in parts):
+        raise InputError(f"{what}: expected X x Y x Z mm, each {lo:g}-{hi:g} (e.g. 0.5x0.5x2)")
+    return parts  # type: ignore[return-value]
+
+
+def check_grid(size, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float] | None]:
+    """Checked (size, spacing), see check_size and check_spacing; with a spacing, the field of
+    view (size x spacing) is at most MAX_FOV_MM per axis."""
+    size = check_size(size)
+    if spacing is None:
+        return size, None
+    spacing = check_spacing(spacing)
+    fov = [n * s for n, s in zip(size, spacing, strict=True)]
+    if max(fov) > MAX_FOV_MM:
+        raise InputError(
+            f"--size {_shown(size)} with --spacing {_shown(spacing)}: field of view "
+            f"{'x'.join(f'{v:g}' for v in fov)} mm, at most {MAX_FOV_MM:g} mm per axis"
+        )
+    return size, spacing
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """'512x512x75' (or '512,512,75') -> (512, 512, 75), in (x, y, z) order."""
+    try:
+        values: list = [int(v) for v in _numbers(text)]
+    except ValueError:
+        values = []
+    return check_size(values, f"--size {text!r}")
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:
-    """'0.5x0.5x2' -> (0.5, 0.5, 2.0) mm, in (x, y, z) order."""
+    """'0.5x0.5x2' (or '0.5,0.5,2') -> (0.5, 0.5, 2.0) mm, in (x, y, z) order."""
     try:
-        parts = tuple(float(v) for v in text.lower().split("x"))
+        values: list = [float(v) for v in _numbers(text)]
     except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) <= 0:
-        raise InputError(f"--spacing {text!r}: expected X x Y x Z mm, e.g. 0.5x0.5x2")
-    return parts  # type: ignore[return-value]
+        values = []
+    return check_spacing(values, f"--spacing {text!r}")
 
 
 def check_synth_target(out: Path, what: str = "synth") -> None:
@@ -388,9 +452,15 @@ def synth_cohort(
     out = Path(out)
     if patients < 1:
         raise InputError(f"--patients {patients}: must be at least 1")
+    size, spacing = check_grid(size, spacing)
     check_synth_target(out)
     out.mkdir(parents=True, exist_ok=True)
-    params = {"seed": seed, "size_xyz": list(size), "spacing_xyz_mm": spacing}
+    # JSON types (lists, not tuples), so the params compare equal to those read back
+    params = {
+        "seed": int(seed),
+        "size_xyz": list(size),
+        "spacing_xyz_mm": None if spacing is None else list(spacing),
+    }
     summary_path = out / "synth.json"
     previous: dict[str, dict] = {}
     if summary_path.is_file() and not force:

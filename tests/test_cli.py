@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from hntseg import __version__
@@ -40,10 +42,69 @@ def test_missing_folder_is_one_line_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--size", "12x3"), ("--spacing", "1x1"), ("--spacing", "1x0x2")]
+    ("option", "value"),
+    [
+        ("--size", "12x3"),
+        ("--spacing", "1x1"),
+        ("--spacing", "1x0x2"),
+        ("--spacing", "nanx1x1"),
+        ("--spacing", "infx1x1"),
+        ("--spacing", "1e300x1x1"),
+        ("--spacing", "1x1x1e-300"),
+        ("--size", "100000x100000x1000"),
+    ],
 )
 def test_bad_size_or_spacing_option_is_one_line(tmp_path, option, value):
-    result = runner.invoke(app, ["synth", str(tmp_path / "c"), option, value])
+    result = runner.invoke(app, ["synth", str(tmp_path / "c"), "-n", "1", option, value])
     assert result.exit_code == 2
     assert option in result.output and len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_spacing_with_commas_and_rerun_skips(tmp_path):
+    """Commas work for --spacing as for --size; a rerun with --spacing rewrites nothing."""
+    out = tmp_path / "sp"
+    args = ["--quiet", "synth", str(out), "-n", "2", "--size", "16,16,8", "--spacing", "2,2,5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    files = sorted(out.rglob("*.nii.gz"))
+    before = [(p.stat().st_mtime_ns, p.stat().st_ino) for p in files]
+    result = runner.invoke(app, [*args[:-1], "2x2x5"])
+    assert result.exit_code == 0, result.output
+    assert [(p.stat().st_mtime_ns, p.stat().st_ino) for p in files] == before
+
+
+def _tiny_case(folder):
+    """A 16x16x8 T2 and mask on one grid (files), for the single-case forms."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((8, 16, 16), np.uint8)
+    arr[2:5, 4:9, 4:9] = 1
+    t2 = sitk.GetImageFromArray(np.random.default_rng(0).random((8, 16, 16)).astype(np.float32))
+    sitk.WriteImage(t2, str(folder / "t2.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / "mask.nii.gz"))
+    return folder / "t2.nii.gz", folder / "mask.nii.gz"
+
+
+def test_quiet_hides_status_lines(tmp_path):
+    """--quiet: no "wrote ..." lines from synth, boxes, gradmap, evaluate; the score table
+    (evaluate's result) stays. Without --quiet the lines are there."""
+    t2, mask = _tiny_case(tmp_path / "case")
+    for folder in ("pred", "gt"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "1.nii.gz").write_bytes(mask.read_bytes())
+    for quiet in (["--quiet"], []):
+        d = tmp_path / ("quiet" if quiet else "loud")
+        steps = [
+            ["synth", str(d / "c"), "-n", "1", "--size", "16x16x8"],
+            ["boxes", str(mask), "-o", str(d / "boxes.json")],
+            ["gradmap", str(t2), str(d / "boxes.json"), "-o", str(d / "g.nii.gz")],
+            ["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(d / "ev")],
+        ]
+        for args in steps:
+            result = runner.invoke(app, [*quiet, *args])
+            assert result.exit_code == 0, result.output
+            assert "Traceback" not in result.output
+            if args[0] == "evaluate":
+                assert "DSCagg" in result.output  # the command's result, quiet or not
+            assert ("wrote" in result.output) == (not quiet), (args, result.output)

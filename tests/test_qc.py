@@ -12,7 +12,7 @@ from hntseg.cli import app
 from hntseg.errors import InputError, StageError
 from hntseg.gradmap import gradient_map, gradmap_cohort, gradmap_path
 from hntseg.io import Grid
-from hntseg.qc import qc_case, qc_cohort, qc_path
+from hntseg.qc import mask_names, qc_case, qc_cohort, qc_path
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -92,3 +92,81 @@ def test_qc_cohort_missing_gradmap_fails_case(prepared, tmp_path):
     cohort, priors = prepared
     with pytest.raises(StageError, match="1_midRT"):
         qc_cohort(cohort, priors, tmp_path / "nogradmaps", tmp_path / "qc", ids=["1"])
+
+
+def _single_case(root):
+    """A T2, boxes.json and gradient map on one small grid, and the same mask in two folders
+    under one file name."""
+    from hntseg.boxes import write_boxes
+    from hntseg.io import write_image
+
+    rng = np.random.default_rng(0)
+    t2 = make_image(rng.random((8, 16, 16)).astype(np.float32))
+    arr = np.zeros((8, 16, 16), np.uint8)
+    arr[2:5, 4:9, 4:9] = 1
+    mask = make_image(arr)
+    boxes = find_boxes(mask, 2)
+    paths = {"t2": root / "t2.nii.gz", "boxes": root / "boxes.json", "gm": root / "gm.nii.gz"}
+    write_image(t2, paths["t2"])
+    write_boxes(paths["boxes"], boxes)
+    write_image(gradient_map(t2, boxes), paths["gm"])
+    for folder in ("a", "b"):
+        write_image(mask, root / folder / "8.nii.gz")
+    return [str(paths[k]) for k in ("t2", "boxes", "gm")]
+
+
+def test_mask_names_distinct():
+    assert list(mask_names(["a/8.nii.gz", "b/8.nii.gz"])) == ["a/8", "b/8"]
+    assert list(mask_names(["x/a/8.nii.gz", "y/a/8.mha", "c.nii.gz"])) == ["x/a/8", "y/a/8", "c"]
+    assert list(mask_names(["a/8.nii.gz", "b/9.nii.gz"])) == ["8", "9"]
+    with pytest.raises(InputError, match="given twice"):
+        mask_names(["a/8.nii.gz", "./a/8.nii.gz"])
+
+
+def test_qc_cli_same_mask_name_in_two_folders_both_drawn(tmp_path, monkeypatch):
+    import hntseg.qc
+
+    single = _single_case(tmp_path)
+    drawn = {}
+    real = hntseg.qc.qc_case
+
+    def spy(t2, boxes, gradmap, masks, out_png, title=None):
+        drawn.update(masks)
+        return real(t2, boxes, gradmap, masks, out_png, title)
+
+    monkeypatch.setattr(hntseg.qc, "qc_case", spy)
+    a, b = tmp_path / "a" / "8.nii.gz", tmp_path / "b" / "8.nii.gz"
+    out = tmp_path / "one.png"
+    args = ["qc", *single, "--mask", str(a), "--mask", str(b), "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert set(drawn) == {"a/8", "b/8"} and out.read_bytes()[:8] == PNG
+    # the same file twice: a one-line error
+    result = runner.invoke(app, ["qc", *single, "--mask", str(a), "--mask", str(a), "-o", str(out)])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--mask" in lines[0]
+
+
+def test_qc_out_must_be_png(tmp_path):
+    single = _single_case(tmp_path)
+    for name in ("x.jpg", "x"):
+        out = tmp_path / name
+        result = runner.invoke(app, ["qc", *single, "-o", str(out)])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "--out" in lines[0] and ".png" in lines[0] and "Traceback" not in result.output
+        assert not out.exists()
+    t2 = make_image(np.ones((4, 12, 12), np.float32))
+    empty = BoxSet([], Grid.of(t2))
+    with pytest.raises(InputError, match=r"\.png"):
+        qc_case(t2, empty, gradient_map(t2, empty), {}, tmp_path / "y.jpeg")
+    assert not (tmp_path / "y.jpeg").exists()
+    assert qc_case(t2, empty, gradient_map(t2, empty), {}, tmp_path / "Y.PNG").is_file()
+
+
+def test_qc_quiet_prints_nothing(tmp_path):
+    single = _single_case(tmp_path)
+    result = runner.invoke(app, ["--quiet", "qc", *single, "-o", str(tmp_path / "q.png")])
+    assert result.exit_code == 0 and result.output.strip() == "", result.output
+    result = runner.invoke(app, ["qc", *single, "-o", str(tmp_path / "l.png")])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import SimpleITK as sitk
 from hntseg.cohort import FILES, discover, expected_path
 from hntseg.errors import InputError
 from hntseg.io import Grid, array, read_json, read_mask
-from hntseg.synth import parse_size, synth_cohort, synth_patient
+from hntseg.synth import parse_size, parse_spacing, synth_cohort, synth_patient
 
 
 def _digest(path):
@@ -106,3 +107,59 @@ def test_never_writes_over_a_real_cohort(tiny_cohort, tmp_path):
     assert t2.read_bytes() == b"patient data"
     synth_cohort(tmp_path / "new", patients=1, size=(16, 16, 8))  # new folder: fine
     synth_cohort(tmp_path / "new", patients=2, size=(16, 16, 8))  # earlier phantoms: fine
+
+
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [
+        (parse_spacing, "nanx1x1"),
+        (parse_spacing, "infx1x1"),
+        (parse_spacing, "1e300x1x1"),
+        (parse_spacing, "1x1x1e-300"),
+        (parse_spacing, "1x-1x1"),
+        (parse_size, "100000x100000x1000"),
+        (parse_size, "4096x16x16"),
+        (parse_size, "2048x2048x2048"),  # each axis fine, too many voxels in all
+        (parse_size, "16x16x4"),
+    ],
+)
+def test_parse_rejects_non_finite_and_out_of_range(parse, text):
+    with pytest.raises(InputError, match=r"^--(size|spacing) '") as err:
+        parse(text)
+    assert "\n" not in str(err.value)
+
+
+def test_parse_accepts_x_and_comma():
+    assert parse_spacing("0.5,0.5,2") == parse_spacing("0.5x0.5x2") == (0.5, 0.5, 2.0)
+    assert parse_size("64,64,16") == parse_size("64X64x16") == (64, 64, 16)
+    assert parse_size("768x768x162") == (768, 768, 162)  # the paper's largest case
+
+
+@pytest.mark.parametrize(
+    ("size", "spacing"),
+    [
+        ((16, 16, 8), (math.nan, 1.0, 1.0)),
+        ((16, 16, 8), (1.0, 1.0, math.inf)),
+        ((16, 16, 8), (1.0, 1.0, 1e-300)),
+        ((16, 16, 8), (1.0, 1.0)),
+        ((100000, 100000, 1000), None),
+        ((2000, 16, 8), (1.0, 1.0, 1.0)),  # field of view 2 m
+    ],
+)
+def test_library_rejects_bad_grid_before_writing(tmp_path, size, spacing):
+    with pytest.raises(InputError, match="--size|--spacing"):
+        synth_cohort(tmp_path / "c", patients=1, size=size, spacing=spacing)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(InputError, match="--size|--spacing"):
+        synth_patient(tmp_path / "p", "1", seed=0, size=size, spacing=spacing)
+    assert not (tmp_path / "p").exists()
+
+
+def test_rerun_with_spacing_skips_existing_patients(tmp_path):
+    """synth.json holds the spacing as a list: a rerun with the same tuple skips patients."""
+    synth_cohort(tmp_path, patients=2, size=(16, 16, 8), spacing=(2, 2, 5))
+    paths = [expected_path(tmp_path, pid, key) for pid in ("1", "2") for key in FILES]
+    before = [(p.stat().st_mtime_ns, p.stat().st_ino) for p in paths]
+    synth_cohort(tmp_path, patients=2, size=(16, 16, 8), spacing=(2.0, 2.0, 5.0))
+    assert [(p.stat().st_mtime_ns, p.stat().st_ino) for p in paths] == before
+    assert read_json(tmp_path / "synth.json")["params"]["spacing_xyz_mm"] == [2.0, 2.0, 5.0]

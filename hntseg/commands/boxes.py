@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 _PHASE_HELP = "Cohort form: which cases, midRT and/or preRT (repeatable; default both)."
 
@@ -68,11 +68,11 @@ def add(app: typer.Typer) -> None:
         if mask is not None:
             boxset, ran = boxes_case(mask, out, m, seed, force)
             if not ran:
-                console.print(f"{out}: already done (use --force to redo)")
+                status(f"{out}: already done (use --force to redo)")
             else:
-                console.print(f"wrote {len(boxset.boxes)} box(es) to {out}")
+                status(f"wrote {len(boxset.boxes)} box(es) to {out}")
             return
         written = boxes_cohort(
             cohort, out, registered, m, seed, _ids(ids), _phases(phase), num_parts, part_id, force
         )
-        console.print(f"boxes for {len(written)} case(s) in {out}")
+        status(f"boxes for {len(written)} case(s) in {out}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 
 def add(app: typer.Typer) -> None:
@@ -61,4 +61,4 @@ def add(app: typer.Typer) -> None:
             folds=folds,
             force=force,
         )
-        console.print(f"dataset: {raw}")
+        status(f"dataset: {raw}")

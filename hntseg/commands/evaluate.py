@@ -86,20 +86,24 @@ def add(app: typer.Typer) -> None:
             "(outlines on the mid-RT T2 when GT_DIR is a cohort).",
         ),
     ) -> None:
-        """Score predictions against mid-RT ground truth: challenge DSCagg, DSC, HD95, MSD."""
+        """Score predictions against mid-RT ground truth: challenge DSCagg, DSC, HD95, MSD.
+
+        The score table is the result (stdout) and is printed even with --quiet; --quiet
+        drops only the "wrote ..." status lines."""
         from rich.console import Console
 
         from hntseg.evaluate import evaluate as run
+        from hntseg.log import status
 
         summary = run(pred_dir, gt_dir, out, _metrics(metrics), hd95, allow_missing, force, figures)
         console = Console()
         console.print(_table(summary))
-        if summary.get("missing_predictions"):
+        if summary.get("missing_predictions"):  # part of the result: shown even when quiet
             console.print(f"missing predictions scored empty: {summary['missing_predictions']}")
         if out is not None:
-            console.print(f"wrote {out / 'cases.csv'} and {out / 'summary.json'}")
+            status(f"wrote {out / 'cases.csv'} and {out / 'summary.json'}")
             if figures:
-                console.print(f"figures in {out / 'figures'}")
+                status(f"figures in {out / 'figures'}")
 
     @app.command("evaluate-compare")
     def evaluate_compare(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 
 def add(app: typer.Typer) -> None:
@@ -57,9 +57,9 @@ def add(app: typer.Typer) -> None:
             if t2 is None or boxes is None or boxes_dir is not None:
                 raise InputError("gradmap: give T2 and BOXES, or --cohort COHORT --boxes DIR")
             if gradmap_case(t2, boxes, out, sigma, gain, sigma_mm, context, force):
-                console.print(f"wrote {out}")
+                status(f"wrote {out}")
             else:
-                console.print(f"{out}: already done (use --force to redo)")
+                status(f"{out}: already done (use --force to redo)")
             return
         if t2 is not None or boxes is not None or boxes_dir is None:
             raise InputError("gradmap --cohort: give --boxes DIR and no T2/BOXES arguments")
@@ -77,4 +77,4 @@ def add(app: typer.Typer) -> None:
             part_id,
             force,
         )
-        console.print(f"gradient maps for {len(written)} case(s) in {out}")
+        status(f"gradient maps for {len(written)} case(s) in {out}")

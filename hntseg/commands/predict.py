@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 
 def add(app: typer.Typer) -> None:
@@ -72,7 +72,7 @@ def add(app: typer.Typer) -> None:
                 ensemble=ensemble,
                 cpu_bf16=cpu_bf16,
             )
-            console.print(f"wrote {path}")
+            status(f"wrote {path}")
             return
         if input is None or out is None:
             raise InputError("ensemble-predict: give INPUT and --out (or --challenge)")
@@ -91,4 +91,4 @@ def add(app: typer.Typer) -> None:
             force=force,
             cpu_bf16=cpu_bf16,
         )
-        console.print(f"{len(paths)} prediction(s) in {out}")
+        status(f"{len(paths)} prediction(s) in {out}")

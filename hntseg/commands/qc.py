@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 
 def add(app: typer.Typer) -> None:
@@ -16,10 +16,13 @@ def add(app: typer.Typer) -> None:
         boxes: Path | None = typer.Argument(None, help="boxes.json (single-case form)."),
         gradmap: Path | None = typer.Argument(None, help="gradient map (single-case form)."),
         out: Path = typer.Option(
-            ..., "--out", "-o", help="PNG file (single case) or a folder (--cohort)."
+            ..., "--out", "-o", help="A .png file (single case) or a folder (--cohort)."
         ),
         mask: list[Path] | None = typer.Option(
-            None, "--mask", help="Single-case form: mask(s) to outline (repeatable)."
+            None,
+            "--mask",
+            help="Single-case form: mask(s) to outline (repeatable); masks of the same file "
+            "name are told apart by their folders.",
         ),
         cohort: Path | None = typer.Option(
             None, "--cohort", help="Cohort: writes OUT/<id>_<phase>_qc.png per case."
@@ -47,14 +50,16 @@ def add(app: typer.Typer) -> None:
             if t2 is None or boxes is None or gradmap is None:
                 raise InputError("qc: give T2 BOXES GRADMAP, or --cohort COHORT --boxes DIR")
             from hntseg.boxes import read_boxes
-            from hntseg.io import Grid, read_image, read_mask, strip_suffix
-            from hntseg.qc import qc_case
+            from hntseg.io import Grid, read_image, read_mask
+            from hntseg.qc import check_png, mask_names, qc_case
 
+            check_png(out)
+            names = mask_names(mask or [])
             image = read_image(t2, "T2 image")
             boxset = read_boxes(boxes, Grid.of(image))
-            masks = {strip_suffix(m): read_mask(m) for m in mask or []}
+            masks = {name: read_mask(m) for name, m in names.items()}
             qc_case(image, boxset, read_image(gradmap, "gradient map"), masks, out, t2.name)
-            console.print(f"wrote {out}")
+            status(f"wrote {out}")
             return
         if t2 is not None or boxes_dir is None:
             raise InputError("qc --cohort: give --boxes DIR and no T2/BOXES/GRADMAP arguments")
@@ -72,4 +77,4 @@ def add(app: typer.Typer) -> None:
             part_id,
             force,
         )
-        console.print(f"QC pictures for {len(written)} case(s) in {out}")
+        status(f"QC pictures for {len(written)} case(s) in {out}")

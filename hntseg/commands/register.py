@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 
 def _ids(values: list[str] | None) -> list[str] | None:
@@ -112,7 +112,7 @@ def add(app: typer.Typer) -> None:
             except Exception as exc:  # elastix or I/O: one line, like a failed cohort case
                 raise StageError(f"register: case {case_id} failed: {_first_line(exc)}") from None
             results = [result]
-            console.print(_summary(result))
+            status(_summary(result))
         else:
             results = register_cohort(
                 cohort,
@@ -131,7 +131,7 @@ def add(app: typer.Typer) -> None:
             )
         done = sum(r.status == "ok" for r in results)
         skipped = sum(r.status == "skipped" for r in results)
-        console.print(
+        status(
             f"registered {done} case(s), {skipped} already done, into {out} "
             f"(method {method}" + (f", preset {preset})" if method == "elastix" else ")")
         )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hntseg.log import console
+from hntseg.log import status
 
 
 def add(app: typer.Typer) -> None:
@@ -20,12 +20,14 @@ def add(app: typer.Typer) -> None:
         size: str = typer.Option(
             "128x128x32",
             "--size",
-            help="Pre-RT grid, X x Y x Z voxels (real median 512x512x75).",
+            help="Pre-RT grid, X x Y x Z voxels (or X,Y,Z), each 8-2048, at most 1024x1024x128 "
+            "voxels in all (real median 512x512x75).",
         ),
         spacing: str | None = typer.Option(
             None,
             "--spacing",
-            help="Voxel spacing in mm, X x Y x Z (default: a 240x240x150 mm field of view).",
+            help="Voxel spacing in mm, X x Y x Z (or X,Y,Z), each 0.05-20, field of view at most "
+            "1000 mm per axis (default: a 240x240x150 mm field of view).",
         ),
         force: bool = typer.Option(False, "--force", help="Rewrite patients that exist."),
     ) -> None:
@@ -34,4 +36,4 @@ def add(app: typer.Typer) -> None:
 
         sp = parse_spacing(spacing) if spacing is not None else None
         truths = synth_cohort(out, patients, seed, parse_size(size), sp, force)
-        console.print(f"wrote {len(truths)} synthetic patients to {out} (seed {seed})")
+        status(f"wrote {len(truths)} synthetic patients to {out} (seed {seed})")
