@@ -67,7 +67,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only, no progress bars."),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="Warnings, errors and results (score tables) only: no status lines, "
+        "no progress bars (also nnU-Net's).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."

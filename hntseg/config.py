@@ -286,7 +286,14 @@ def resolve_config(
         if not cfg["synth"]["enabled"]:
             raise InputError(f"{source}: cohort: missing (a folder in the HNTS-MRG layout)")
         cfg["cohort"] = str(Path(cfg["work"]) / "cohort")
-    elif cfg["synth"]["enabled"]:
+    if cfg["synth"]["enabled"]:
+        from hntseg.synth import check_grid
+
+        try:
+            check_grid(cfg["synth"]["size"], cfg["synth"]["spacing"])
+        except InputError as exc:
+            raise InputError(f"{source}: synth.size / synth.spacing: {exc}") from None
+    if cfg["synth"]["enabled"]:
         from hntseg.synth import check_synth_target
 
         check_synth_target(Path(cfg["cohort"]), f"{source}: cohort with synth.enabled")

@@ -7,7 +7,10 @@ info logging and status lines such as "wrote N synthetic patients" (see `status`
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -32,6 +35,11 @@ _state = {"quiet": False}
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Route hntseg's log through rich; quiet shows warnings only and no progress bars."""
     _state["quiet"] = quiet
+    if quiet:
+        # nnU-Net's own progress bars (tqdm, read from the environment when tqdm is first
+        # imported, also by its worker processes) and library deprecation notices
+        os.environ["TQDM_DISABLE"] = "1"
+        warnings.filterwarnings("ignore", category=FutureWarning)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     log.handlers.clear()
     log.addHandler(RichHandler(console=console, show_path=False, show_time=not quiet))
@@ -42,6 +50,16 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 def is_quiet() -> bool:
     """True under `--quiet`."""
     return _state["quiet"]
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Under --quiet, silence what libraries (nnU-Net) print to stdout inside the block."""
+    if not is_quiet():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
 
 
 def status(message: str) -> None:

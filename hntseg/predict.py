@@ -35,7 +35,7 @@ from hntseg.io import (
     strip_suffix,
     write_image,
 )
-from hntseg.log import console, log, progress
+from hntseg.log import log, progress, quiet_stdout, status
 from hntseg.nnunet import (
     CHANNELS,
     CONFIGURATION,
@@ -459,12 +459,14 @@ def ensemble_predict(
     set_environment(work, workers=None, create=False)  # before nnunetv2 is imported
     torch_device = select_device(device)
     _announce("ensemble-predict", torch_device, folds, folder, tta, cpu_bf16)
-    model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
+    with quiet_stdout():  # nnU-Net's own prints (trainer lookup, device notes)
+        model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
     failed: list[str] = []
     for case, out_path, inputs, rec in progress(todo, "ensemble-predict"):
         try:
             t2, data, props = load_case(case, channels, margin, cache_dir)
-            seg = model.predict(data, props)
+            with quiet_stdout():
+                seg = model.predict(data, props)
             _write_prediction(seg, t2, out_path)
             write_record(rec, "ensemble-predict", inputs, params, [out_path])
         except InputError as exc:
@@ -479,7 +481,7 @@ def _announce(
     what: str, torch_device: Any, folds: Sequence[int], folder: Path, tta: bool, bf16: bool
 ) -> None:
     """Which device, folds and model a prediction uses; loudly, when a smoke-run model."""
-    console.print(
+    status(
         f"{what}: device {describe_device(torch_device)}, folds "
         f"{' '.join(map(str, folds))} of {folder.name}, TTA {'on' if tta else 'off'}"
         + (", bfloat16" if bf16 and torch_device.type == "cpu" else "")
@@ -523,8 +525,9 @@ def challenge_predict(
     _announce("ensemble-predict (challenge)", torch_device, folds, folder, tta, cpu_bf16)
     with tempfile.TemporaryDirectory() as tmp:
         t2, data, props = load_case(case, channels, margin, Path(tmp))
-    model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
-    seg = model.predict(data, props)
+    with quiet_stdout():
+        model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
+        seg = model.predict(data, props)
     out_path = Path(output_root) / CHALLENGE_OUTPUT
     _write_prediction(seg, t2, out_path)
     return out_path

@@ -14,16 +14,15 @@ bit-reproducible (nnU-Net's augmentation workers and cuDNN are not seeded).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hntseg.errors import InputError
 from hntseg.io import read_json, write_json
-from hntseg.log import console, log
+from hntseg.log import log, quiet_stdout, status
 from hntseg.nnunet import (
     CONFIGURATION,
     FULL_TRAINER,
@@ -40,16 +39,6 @@ from hntseg.nnunet import (
 from hntseg.records import is_done, write_record
 
 PREPROCESS_RECORD = "hntseg_preprocess.record.json"
-
-
-@contextlib.contextmanager
-def _quiet_stdout(quiet: bool) -> Iterator[None]:
-    """nnU-Net prints a lot to stdout; silence it when hntseg runs with --quiet."""
-    if not quiet:
-        yield
-        return
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        yield
 
 
 def plan_and_preprocess(
@@ -192,9 +181,7 @@ def _plan_and_preprocess(
         preprocess,
     )
 
-    from hntseg.log import is_quiet
-
-    with _quiet_stdout(is_quiet()):
+    with quiet_stdout():
         extract_fingerprints(
             [dataset_id], num_processes=n, check_dataset_integrity=True, verbose=False
         )
@@ -269,10 +256,10 @@ def train(
         )
         os.environ["HNTSEG_FINAL_VALIDATION"] = "1" if final_validation else "0"
     torch_device = select_device(device)
-    console.print(f"train: device {describe_device(torch_device)}")
-    if short:
-        console.print(
-            f"[bold yellow]SMOKE RUN[/]: {os.environ['HNTSEG_EPOCHS']} epoch(s) x "
+    status(f"train: device {describe_device(torch_device)}")
+    if short:  # a warning, so that --quiet shows it too
+        log.warning(
+            f"SMOKE RUN: {os.environ['HNTSEG_EPOCHS']} epoch(s) x "
             f"{os.environ['HNTSEG_ITERATIONS']} iteration(s) ({trainer}); the method trains "
             "1000 x 250 - not a usable model"
         )
@@ -282,8 +269,6 @@ def train(
     import numpy as np
     import torch
     from nnunetv2.run.run_training import run_training
-
-    from hntseg.log import is_quiet
 
     out = []
     for f in folds:
@@ -297,7 +282,7 @@ def train(
             torch.manual_seed(seed + f)
             np.random.seed((seed + f) % 2**32)  # noqa: NPY002 (nnU-Net uses the global RNG)
         log.info(f"{name}: training fold {f} ({trainer}, {PLANS}, {configuration})")
-        with _quiet_stdout(is_quiet()):
+        with quiet_stdout():
             run_training(
                 str(dataset_id),
                 configuration,
@@ -327,6 +312,6 @@ def train(
             [final],
             seed=seed,
         )
-        console.print(f"fold {f}: {final}")
+        status(f"fold {f}: {final}")
         out.append(fold_dir)
     return out

@@ -108,3 +108,24 @@ def test_quiet_hides_status_lines(tmp_path):
             if args[0] == "evaluate":
                 assert "DSCagg" in result.output  # the command's result, quiet or not
             assert ("wrote" in result.output) == (not quiet), (args, result.output)
+
+
+def test_quiet_silences_nnunet_progress_bars_and_stdout(monkeypatch):
+    """--quiet reaches what nnU-Net prints: tqdm bars (from the environment) and stdout."""
+    import os
+
+    from hntseg.log import quiet_stdout, setup_logging
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    try:
+        setup_logging(quiet=True)
+        assert os.environ.get("TQDM_DISABLE") == "1"
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), quiet_stdout():
+            print("nnU-Net chatter")
+        assert buf.getvalue() == ""
+    finally:
+        setup_logging(quiet=False)

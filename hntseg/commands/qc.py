@@ -42,7 +42,7 @@ def add(app: typer.Typer) -> None:
         part_id: int = typer.Option(0, "--part-id", help="Run part I of --num-parts."),
         force: bool = typer.Option(False, "--force", help="Redraw pictures that exist."),
     ) -> None:
-        """Per box: T2 slice through its centre with the boxes, masks and the gradient map."""
+        """Per box: the axial slice with most of its label; boxes, masks, gradient map."""
         from hntseg.commands.boxes import _ids, _phases
         from hntseg.errors import InputError
 
