@@ -412,11 +412,17 @@ def ensemble_predict(
     cache: str | Path | None = None,
     force: bool = False,
     cpu_bf16: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
 ) -> list[Path]:
     """Predict every case of INPUT (a cohort, or a folder of `<case>_0000.nii.gz` ...) into
     OUT/<id>.nii.gz (uint8, mid-RT grid). Cases whose record matches are skipped unless
     `force`; a failing case is reported and the others go on (StageError at the end).
-    `cpu_bf16` runs the network in bfloat16 on a CPU: faster, slightly different masks."""
+    `cpu_bf16` runs the network in bfloat16 on a CPU: faster, slightly different masks.
+    `num_parts`/`part_id`: only this part of the cases (round-robin, for job arrays)."""
+    from hntseg.cohort import shard
+
+    shard(list(range(max(num_parts, 1))), num_parts, part_id)  # the part is valid
     folds, margin = check_options(dataset_id, folds, margin, ensemble, device)
     reg_dir = _check_folder(registered, "--registered")
     gradmap_dir = _check_folder(gradmaps, "--gradmaps")
@@ -432,6 +438,7 @@ def ensemble_predict(
         cases = _cohort_cases(src, channels, reg_dir, gradmap_dir, ids)
     if not cases:
         raise InputError(f"{src}: no cases to predict")
+    cases = shard(cases, num_parts, part_id)
     cache_dir = Path(cache) if cache else out / ".cache"
     checkpoints = {f"fold{f}": folder / f"fold_{f}" / CHECKPOINT for f in folds}
     params = {

@@ -255,3 +255,32 @@ class _FakeDevice:
 
 
 _CPU = _FakeDevice()
+
+
+def test_num_parts_predicts_only_this_part(work, tmp_path, monkeypatch):
+    """--num-parts K --part-id I: round-robin over the cases, the parts make up the whole."""
+    arr = np.random.default_rng(1).random((4, 8, 8)).astype(np.float32)
+    for case in ("1", "2", "3", "4", "5"):
+        write_image(tmp_path / "in" / f"{case}_0000.nii.gz", arr)
+        write_image(tmp_path / "in" / f"{case}_0001.nii.gz", arr)
+
+    class FakeEnsemble:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def predict(self, data, props):
+            return np.zeros(data.shape[1:], np.uint8)
+
+    monkeypatch.setattr(predict, "Ensemble", FakeEnsemble)
+    monkeypatch.setattr(predict, "select_device", lambda device: None)
+    monkeypatch.setattr(predict, "_announce", lambda *args: None)
+    made = {}
+    for part in (0, 1):
+        out = tmp_path / f"out{part}"
+        args = [str(tmp_path / "in"), "--work", str(work), "--dataset-id", str(DID)]
+        result = invoke([*args, "--out", str(out), "--num-parts", "2", "--part-id", str(part)])
+        assert result.exit_code == 0, result.output
+        made[part] = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert made == {0: ["1.nii.gz", "3.nii.gz", "5.nii.gz"], 1: ["2.nii.gz", "4.nii.gz"]}
+    result = invoke([*args, "--out", str(tmp_path / "o"), "--num-parts", "2", "--part-id", "2"])
+    assert_one_line_error(result, "--part-id 2")

@@ -40,6 +40,8 @@ def add(app: typer.Typer) -> None:
         output_root: Path = typer.Option(
             Path("/output"), "--output-root", help="Challenge output."
         ),
+        num_parts: int = typer.Option(1, "--num-parts", help="Split the cases into K parts."),
+        part_id: int = typer.Option(0, "--part-id", help="Predict part I of --num-parts."),
         force: bool = typer.Option(False, "--force", help="Predict again even if up to date."),
         cpu_bf16: bool = typer.Option(
             False,
@@ -90,5 +92,7 @@ def add(app: typer.Typer) -> None:
             ensemble=ensemble,
             force=force,
             cpu_bf16=cpu_bf16,
+            num_parts=num_parts,
+            part_id=part_id,
         )
         status(f"{len(paths)} prediction(s) in {out}")
