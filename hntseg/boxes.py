@@ -300,7 +300,8 @@ def boxes_case(
     rec = record_path(out_path)
     if not force and is_done(rec, inputs, params):
         return None, False
-    boxset = find_boxes(read_mask(mask_path), margin, seed, str(mask_path))
+    # the absolute path: the same mask and seed give the same bytes from any working folder
+    boxset = find_boxes(read_mask(mask_path), margin, seed, str(Path(mask_path).resolve()))
     write_boxes(out_path, boxset)
     write_record(
         rec, "boxes", inputs, params, [out_path], seed, extra={"n_boxes": len(boxset.boxes)}

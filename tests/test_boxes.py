@@ -356,3 +356,16 @@ def test_deleted_input_is_reported_not_a_traceback(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "m.nii.gz: mask not found" in result.output
+
+
+def test_same_mask_same_bytes_from_any_working_folder(tmp_path, monkeypatch):
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    sitk.WriteImage(make_image(arr), str(tmp_path / "m.nii.gz"))
+    outs = []
+    for cwd, mask in ((tmp_path, "m.nii.gz"), (tmp_path.parent, f"{tmp_path.name}/m.nii.gz")):
+        monkeypatch.chdir(cwd)
+        out = tmp_path / f"b{len(outs)}.json"
+        assert runner.invoke(app, ["boxes", mask, "-o", str(out)]).exit_code == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

@@ -32,7 +32,10 @@ def _table(summary: dict[str, Any]):
     from rich.table import Table
 
     metrics = summary["metrics"]
-    table = Table(title=f"{summary['n_cases']} cases, HD95 {summary['hd95_definition']}")
+    title = f"{summary['n_cases']} cases"
+    if "hd95" in metrics:
+        title += f", HD95 {summary['hd95_definition']}"
+    table = Table(title=title)
     table.add_column("structure")
     cols = []
     if "dscagg" in metrics:
@@ -101,7 +104,7 @@ def add(app: typer.Typer) -> None:
         if summary.get("missing_predictions"):  # part of the result: shown even when quiet
             console.print(f"missing predictions scored empty: {summary['missing_predictions']}")
         if out is not None:
-            status(f"wrote {out / 'cases.csv'} and {out / 'summary.json'}")
+            status(f"scores in {out / 'cases.csv'} and {out / 'summary.json'}")
             if figures:
                 status(f"figures in {out / 'figures'}")
 
