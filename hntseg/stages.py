@@ -126,6 +126,15 @@ def _registered_masks(ctx: Context, ids: Sequence[str]) -> dict[str, Path]:
     return _files(ctx.path("registered"), ids, "preRT_mask_registered", "registered_mask")
 
 
+def _registered_t2(ctx: Context, root: Path, ids: Sequence[str]) -> dict[str, Path]:
+    """The registered pre-RT T2s, when a channel of the dataset is made from them."""
+    from hntseg.nnunet import parse_channels
+
+    if "pre_t2_registered" not in parse_channels(ctx.config["dataset"]["channels"]):
+        return {}
+    return _files(root, ids, "preRT_T2_registered", "registered_t2")
+
+
 def _boxes_stage() -> Stage:
     def run(ctx: Context) -> Any:
         from hntseg.boxes import boxes_cohort
@@ -305,6 +314,7 @@ def _dataset_stage() -> Stage:
             **_files(ctx.cohort, ids, "preRT_T2", "preRT_T2"),
             **_files(ctx.cohort, ids, "preRT_mask", "preRT_mask"),
             **_registered_masks(ctx, ids),
+            **_registered_t2(ctx, ctx.path("registered"), ids),
             **_gradmap_files(ctx, ids),
         }
 
@@ -588,6 +598,7 @@ def _predict_stage() -> Stage:
         return {
             **_files(root, ids, "midRT_T2", "midRT_T2"),
             **reg,
+            **_registered_t2(ctx, ctx.path("predict_registered"), ids),
             **{f"fold{f}": _checkpoint(ctx, f) for f in _predict_folds(ctx)},
         }
 

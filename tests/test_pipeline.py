@@ -645,3 +645,23 @@ def test_too_few_patients_for_the_folds_is_refused_up_front(tmp_path, tiny_cohor
     run_pipeline(cfg, dry_run=True, only=["boxes"])  # a run without the dataset stage: fine
     with pytest.raises(InputError, match="unknown stage; known: .*train-fold0"):
         run_pipeline(cfg, dry_run=True, force=["train-fold7"])
+
+
+def test_registered_t2_channel_is_an_input_of_dataset_and_predict(tmp_path, tiny_cohort):
+    """A changed registered pre-RT T2 must rebuild the dataset and re-predict when a
+    channel is made from it (the top teams' channel set), and only then."""
+    for channels, expected in (("registered-pre", True), ("paper", False)):
+        cfg = resolve_config(
+            {
+                "cohort": str(tiny_cohort),
+                "work": str(tmp_path / "w"),
+                "register": {"method": "provided"},
+                "dataset": {"channels": channels, "n_folds": 2},
+                "train": {"folds": [0, 1]},
+            },
+            "t",
+        )
+        ctx = Context(cfg)
+        for name in ("dataset", "predict"):
+            keys = _stage(cfg, name).inputs(ctx)
+            assert any(k.startswith("registered_t2/") for k in keys) == expected, (name, keys)
