@@ -2,9 +2,14 @@
 
 A synthetic case at the paper's median size (512x512x75 voxels, 0.5x0.5x2 mm) with a
 GTVp of about 12 mL and three nodes (about 1-5 mL), the prediction being the ground truth
-moved, grown and with a small far false positive. Each variant runs in its own process
-so that its peak RSS is its own; tracemalloc gives the Python-side (numpy) peak of the
-metric call alone. The numbers of both variants must be identical.
+moved, grown and with a small far false positive, generated once and read by every
+variant from a file. Both variants get the same treatment, each pass in a fresh process
+with the case loaded and the modules imported:
+- time: best of `--repeats` runs (no memory tracing);
+- memory (separate, one untimed run): peak RSS above the process's RSS just before the
+  call (Linux VmHWM, reset through /proc/self/clear_refs), then the tracemalloc peak (numpy
+  and other Python-side allocations) of another call.
+The numbers of both variants must be identical.
 
     .venv/bin/python benchmarks/evaluate.py [--small] [--repeats N]
 """
@@ -12,8 +17,9 @@ metric call alone. The numbers of both variants must be identical.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -64,7 +70,20 @@ def make_case(shape_zyx, seed=0):
     return pred, gt
 
 
-def run_variant(variant: str, folder: Path, repeats: int) -> dict:
+def _status_mib() -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, MiB (Linux)."""
+    text = Path("/proc/self/status").read_text()
+    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.M).group(1)) / 1024 for k in
+            ("VmRSS", "VmHWM")}  # fmt: skip
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def run_variant(variant: str, mode: str, folder: Path, repeats: int) -> dict:
+    """One pass (time or memory) of one variant, in this fresh process."""
     pred = np.load(folder / "pred.npy")
     gt = np.load(folder / "gt.npy")
     sp = SPACING_XYZ[::-1]
@@ -72,11 +91,9 @@ def run_variant(variant: str, folder: Path, repeats: int) -> dict:
         from hntseg.evaluate import score_arrays
     else:
         from medpy.metric import binary as mb
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, values = [], {}
-    tracemalloc.start()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def once() -> dict:
+        values = {}
         if variant == "hntseg":
             for row in score_arrays(pred, gt, SPACING_XYZ, ("dsc", "hd95", "msd"), "pooled"):
                 values[row["structure"]] = (row["hd95"], row["msd"])
@@ -87,31 +104,49 @@ def run_variant(variant: str, folder: Path, repeats: int) -> dict:
                     float(mb.hd95(p, g, voxelspacing=sp)),
                     float(mb.assd(p, g, voxelspacing=sp)),
                 )
-        times.append(time.perf_counter() - t0)
-    _, peak = tracemalloc.get_traced_memory()
+        return values
+
+    if mode == "time":
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            values = once()
+            times.append(time.perf_counter() - t0)
+        return {"seconds": min(times), "values": values}
+    gc.collect()
+    base = _status_mib()["VmRSS"]
+    _reset_peak()
+    once()
+    peak = _status_mib()["VmHWM"]
+    gc.collect()
+    tracemalloc.start()
+    once()
+    _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "variant": variant,
-        "seconds": min(times),
-        "tracemalloc_peak_mb": peak / 2**20,
-        "peak_rss_mb": rss / 1024,
-        "rss_growth_mb": (rss - rss0) / 1024,
-        "values": values,
-    }
+    return {"base_rss_mib": base, "rss_increase_mib": peak - base, "traced_mib": traced / 2**20}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="256x256x40 instead of 512x512x75")
-    ap.add_argument("--repeats", type=int, default=3, help="hntseg repeats (best time kept)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per variant, best kept (N >= 1)"
+    )
     ap.add_argument("--_variant", help=argparse.SUPPRESS)
+    ap.add_argument("--_mode", choices=("time", "memory"), help=argparse.SUPPRESS)
     ap.add_argument("--_dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     if args._variant:
-        reps = args.repeats if args._variant == "hntseg" else 1
-        print(json.dumps(run_variant(args._variant, Path(args._dir), reps)))
+        res = run_variant(args._variant, args._mode, Path(args._dir), args.repeats)
+        print(json.dumps(res))
         return
+    try:
+        _reset_peak()
+        _status_mib()
+    except (OSError, AttributeError) as exc:
+        sys.exit(f"memory is measured with Linux's /proc/self/status and clear_refs: {exc}")
     shape = (40, 256, 256) if args.small else (75, 512, 512)
     pred, gt = make_case(shape)
     voxel_ml = np.prod(SPACING_XYZ) / 1000
@@ -122,25 +157,33 @@ def main() -> None:
         f"pred GTVp {(pred == 1).sum() * voxel_ml:.1f} mL, "
         f"GTVn {(pred == 2).sum() * voxel_ml:.1f} mL"
     )
-    results = {}
+    results = {"hntseg": {}, "medpy": {}}
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "pred.npy", pred)
         np.save(Path(tmp) / "gt.npy", gt)
-        for variant in ("hntseg", "medpy"):
-            cmd = [sys.executable, __file__, "--_variant", variant, "--_dir", tmp]
-            cmd += ["--repeats", str(args.repeats)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        del pred, gt
+        for mode in ("time", "memory"):
+            for variant in results:
+                cmd = [sys.executable, __file__, "--_variant", variant, "--_mode", mode]
+                cmd += ["--_dir", tmp, "--repeats", str(args.repeats)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"variant {variant} ({mode}) failed:\n{done.stderr}")
+                results[variant].update(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
-        f"{'variant':<28}{'s/case':>9}{'tracemalloc peak MB':>21}{'peak RSS MB':>13}"
-        f"{'RSS growth MB':>15}"
+        f"time = best of {args.repeats} run(s) per variant; memory in a separate untimed run: "
+        "peak RSS above the process's RSS just before the call (case loaded, modules "
+        "imported), then the tracemalloc peak of another call; a fresh process per variant "
+        "and pass"
     )
+    print(f"{'variant':<28}{'s/case':>9}{'peak RSS +MiB':>15}{'traced peak MiB':>17}")
     for name, label in (("hntseg", "hntseg (crop + EDT)"), ("medpy", "MedPy hd95 + assd")):
         r = results[name]
         print(
-            f"{label:<28}{r['seconds']:>9.3f}{r['tracemalloc_peak_mb']:>21.1f}"
-            f"{r['peak_rss_mb']:>13.1f}{r['rss_growth_mb']:>15.1f}"
+            f"{label:<28}{r['seconds']:>9.3f}{r['rss_increase_mib']:>15.1f}{r['traced_mib']:>17.1f}"
         )
+    base = ", ".join(f"{n} {r['base_rss_mib']:.0f}" for n, r in results.items())
+    print(f"RSS before the call (interpreter + modules + case), MiB: {base}")
     ratio = results["medpy"]["seconds"] / results["hntseg"]["seconds"]
     print(f"speed-up: {ratio:.1f}x (target >= 20x)")
     same = True

@@ -1,12 +1,20 @@
 """Benchmark: boxes + gradient map at the paper's median case size, against a naive reference.
 
 Case: 512x512x75 voxels (x, y, z), 0.5x0.5x2.0 mm, a smooth T2-like image and a mask with 3
-tumour components (one GTVp, two GTVn). Variants, each in its own process (peak RSS):
+tumour components (one GTVp, two GTVn), generated once by the parent process and read by
+every variant from a file. Variants:
 
 - ours:        hntseg find_boxes + gradient_map (crop per box; the method, context 0)
 - ours+ctx:    the same with --context = the Gaussian kernel radius (4 voxels at sigma 1)
 - naive:       gradient over the whole normalised volume, then per box rescale/gain/clip
                and 0 outside the boxes (what a direct port does)
+
+Every variant gets the same treatment, each pass in a fresh process with the case already
+loaded and the modules imported:
+- time: best of `--repeat` runs (no memory tracing);
+- memory (separate, one untimed run): peak RSS above the process's RSS just before the call
+  (Linux VmHWM, reset through /proc/self/clear_refs), so numpy's and SimpleITK's buffers
+  both count and the case generation does not.
 
 ours+ctx must equal naive inside the boxes (same context for every box voxel); ours (the
 method's reflect at the crop edge) differs from naive near box edges only.
@@ -17,13 +25,13 @@ method's reflect at the crop edge) differs from naive near box edges only.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
+import re
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +41,11 @@ SMALL = (128, 128, 24)
 SPACING = (0.5, 0.5, 2.0)
 SIGMA = 1.0
 RADIUS = int(4.0 * SIGMA + 0.5)  # scipy's truncate=4 kernel radius
+VARIANTS = ("ours", "ours+ctx", "naive")
 
 
-def make_case(size: tuple[int, int, int]):
-    """(t2, mask) SimpleITK images; deterministic."""
-    import SimpleITK as sitk
-
+def make_case(size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(t2 float32, mask uint8) arrays in (z, y, x) order; deterministic."""
     nx, ny, nz = size
     rng = np.random.default_rng(0)
     z, y, x = np.ogrid[:nz, :ny, :nx]
@@ -59,9 +66,16 @@ def make_case(size: tuple[int, int, int]):
         inside = ((xm - c[0]) ** 2 + (ym - c[1]) ** 2 + (zm - c[2]) ** 2) < (r * scale) ** 2
         mask[inside] = label
         t2[inside] += 250
+    return t2, mask
+
+
+def load_case(folder: Path):
+    """(t2, mask) SimpleITK images from the arrays the parent wrote."""
+    import SimpleITK as sitk
+
     images = []
-    for arr in (t2, mask):
-        image = sitk.GetImageFromArray(arr)
+    for name in ("t2", "mask"):
+        image = sitk.GetImageFromArray(np.load(folder / f"{name}.npy"))
         image.SetSpacing(SPACING)
         images.append(image)
     return images
@@ -69,9 +83,10 @@ def make_case(size: tuple[int, int, int]):
 
 def naive(t2, boxes, sigma=SIGMA, gain=2.0) -> np.ndarray:
     """Gradient over the whole volume, then masked per box (the straightforward port)."""
+    import SimpleITK as sitk
     from scipy import ndimage
 
-    arr = np.asarray(__import__("SimpleITK").GetArrayFromImage(t2), np.float64)
+    arr = np.asarray(sitk.GetArrayFromImage(t2), np.float64)
     norm = (arr - arr.min()) / (arr.max() - arr.min())
     grad = ndimage.gaussian_gradient_magnitude(norm, sigma)
     out = np.zeros(arr.shape, np.float32)
@@ -82,66 +97,104 @@ def naive(t2, boxes, sigma=SIGMA, gain=2.0) -> np.ndarray:
     return out
 
 
-def run_variant(name: str, size, repeat: int, out_npy: Path) -> dict:
+def _status_mib() -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, MiB (Linux)."""
+    text = Path("/proc/self/status").read_text()
+    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.M).group(1)) / 1024 for k in
+            ("VmRSS", "VmHWM")}  # fmt: skip
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def run_variant(name: str, mode: str, repeat: int, case: Path, out_npy: Path) -> dict:
+    """One pass (time or memory) of one variant, in this fresh process."""
     import SimpleITK as sitk
+    from scipy import ndimage  # noqa: F401  (imported before any measurement, both sides)
 
     from hntseg.boxes import find_boxes
     from hntseg.gradmap import gradient_map
 
-    t2, mask = make_case(size)
-    times = []
-    for _ in range(repeat):
-        tracemalloc.start()
-        t0 = time.perf_counter()
+    t2, mask = load_case(case)
+
+    def once():
         boxes = find_boxes(mask, 4)  # fixed inference margin: identical boxes for every variant
         if name == "naive":
-            result = naive(t2, boxes)
-        else:
-            context = RADIUS if name == "ours+ctx" else 0
-            image = gradient_map(t2, boxes, SIGMA, 2.0, None, context)
-            result = sitk.GetArrayViewFromImage(image)
-        times.append(time.perf_counter() - t0)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    np.save(out_npy, np.asarray(result))
-    inside = np.zeros(result.shape, bool)
-    for b in boxes.boxes:
-        inside[b.slices] = True
-    np.save(out_npy.with_suffix(".inside.npy"), inside)
-    return {
-        "variant": name,
-        "seconds": min(times),
-        "tracemalloc_peak_mb": peak / 2**20,
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "n_boxes": len(boxes.boxes),
-        "box_voxels": int(sum(np.prod(b.shape) for b in boxes.boxes)),
-    }
+            return boxes, naive(t2, boxes), None
+        context = RADIUS if name == "ours+ctx" else 0
+        image = gradient_map(t2, boxes, SIGMA, 2.0, None, context)
+        return boxes, sitk.GetArrayViewFromImage(image), image  # the view needs the image
+
+    if mode == "time":
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            boxes, result, _keep = once()
+            times.append(time.perf_counter() - t0)
+        np.save(out_npy, np.asarray(result))
+        inside = np.zeros(result.shape, bool)
+        for b in boxes.boxes:
+            inside[b.slices] = True
+        np.save(out_npy.with_suffix(".inside.npy"), inside)
+        return {
+            "seconds": min(times),
+            "n_boxes": len(boxes.boxes),
+            "box_voxels": int(sum(np.prod(b.shape) for b in boxes.boxes)),
+        }
+    gc.collect()
+    base = _status_mib()["VmRSS"]
+    _reset_peak()
+    kept = once()
+    peak = _status_mib()["VmHWM"]
+    del kept
+    return {"base_rss_mib": base, "rss_increase_mib": peak - base}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help=f"{SMALL} instead of {SIZE}")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N timings per variant")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="best of N timings, for every variant (N >= 1)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("time", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--npy", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     size = SMALL if args.small else SIZE
     if args.variant:
-        print(json.dumps(run_variant(args.variant, size, args.repeat, Path(args.npy))))
+        res = run_variant(args.variant, args.mode, args.repeat, Path(args.case), Path(args.npy))
+        print(json.dumps(res))
         return
-    results = {}
+    try:
+        _reset_peak()
+        _status_mib()
+    except (OSError, AttributeError) as exc:
+        sys.exit(f"memory is measured with Linux's /proc/self/status and clear_refs: {exc}")
+    results = {name: {} for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("ours", "ours+ctx", "naive"):
-            npy = Path(tmp) / f"{name.replace('+', '_')}.npy"
-            cmd = [sys.executable, __file__, "--variant", name, "--npy", str(npy)]
-            cmd += ["--repeat", str(args.repeat if name != "naive" else 1)]
-            cmd += ["--small"] if args.small else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"variant {name} failed:\n{proc.stderr}")
-            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[name]["map"] = np.load(npy)
-            results[name]["inside"] = np.load(npy.with_suffix(".inside.npy"))
+        case = Path(tmp)
+        t2, mask = make_case(size)
+        np.save(case / "t2.npy", t2)
+        np.save(case / "mask.npy", mask)
+        del t2, mask
+        for mode in ("time", "memory"):
+            for name in VARIANTS:
+                npy = case / f"{name.replace('+', '_')}.npy"
+                cmd = [sys.executable, __file__, "--variant", name, "--mode", mode]
+                cmd += ["--case", str(case), "--npy", str(npy), "--repeat", str(args.repeat)]
+                cmd += ["--small"] if args.small else []
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    sys.exit(f"variant {name} ({mode}) failed:\n{proc.stderr}")
+                results[name].update(json.loads(proc.stdout.strip().splitlines()[-1]))
+                if mode == "time":
+                    results[name]["map"] = np.load(npy)
+                    results[name]["inside"] = np.load(npy.with_suffix(".inside.npy"))
     nx, ny, nz = size
     r0 = results["ours"]
     print(
@@ -149,25 +202,31 @@ def main() -> None:
         f"{r0['n_boxes']} boxes ({r0['box_voxels']} voxels, "
         f"{100 * r0['box_voxels'] / (nx * ny * nz):.2f}% of the volume), sigma {SIGMA}, margin 4"
     )
-    print(f"{'variant':<10} {'time s':>9} {'tracemalloc MB':>15} {'max RSS MB':>11}")
+    print(
+        f"each variant: find_boxes + map; time = best of {args.repeat} run(s); memory "
+        "in a separate untimed run: peak RSS above the process's RSS just before the call "
+        "(case loaded, modules imported); a fresh process per variant and pass"
+    )
+    print(f"{'variant':<10} {'time s':>9} {'peak RSS +MiB':>14}")
     for name, r in results.items():
-        print(
-            f"{name:<10} {r['seconds']:>9.4f} {r['tracemalloc_peak_mb']:>15.1f} "
-            f"{r['maxrss_mb']:>11.1f}"
-        )
+        print(f"{name:<10} {r['seconds']:>9.4f} {r['rss_increase_mib']:>14.1f}")
+    base = ", ".join(f"{n} {r['base_rss_mib']:.0f}" for n, r in results.items())
+    print(f"RSS before the call (interpreter + modules + case), MiB: {base}")
     inside = results["naive"]["inside"]
     ref = results["naive"]["map"]
     diff_ctx = np.abs(results["ours+ctx"]["map"] - ref)[inside].max()
     diff_plain = np.abs(results["ours"]["map"] - ref)[inside].max()
     outside_zero = all(not r["map"][~inside].any() for r in results.values())
+    naive_s, naive_mib = results["naive"]["seconds"], results["naive"]["rss_increase_mib"]
     print(
-        f"speed-up ours vs naive: {results['naive']['seconds'] / r0['seconds']:.1f}x; "
-        f"ours+ctx vs naive: {results['naive']['seconds'] / results['ours+ctx']['seconds']:.1f}x"
+        f"speed-up ours vs naive: {naive_s / r0['seconds']:.1f}x; "
+        f"ours+ctx vs naive: {naive_s / results['ours+ctx']['seconds']:.1f}x; "
+        f"peak RSS increase naive / ours: {naive_mib / max(r0['rss_increase_mib'], 0.1):.1f}x"
     )
     print(f"max |ours+ctx - naive| inside boxes: {diff_ctx:.2e} (context {RADIUS} = kernel radius)")
     print(f"max |ours - naive| inside boxes: {diff_plain:.2e} (method: reflect at box edge)")
     print(f"all maps 0 outside the boxes: {outside_zero}")
-    ok = diff_ctx <= 1e-6 and r0["seconds"] < results["naive"]["seconds"] and outside_zero
+    ok = diff_ctx <= 1e-6 and r0["seconds"] < naive_s and outside_zero
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

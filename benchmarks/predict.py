@@ -8,10 +8,14 @@ saves five UNTRAINED folds (random initialisation, one seed per fold): timing an
 do not depend on the weights.
 
 Each variant runs in its own subprocess on the same case: wall seconds (process start,
-model load and one case), peak resident memory of the process tree (ru_maxrss), and on a
-GPU the peak CUDA memory of hntseg's predictor. The nnUNetv2_predict variants read the same
-channel files (mid-RT T2 + the gradient map hntseg computed), with nnU-Net's logit-average
-ensembling; hntseg averages softmax.
+model load and one case); the peak memory of its whole process tree (the variant's process
+and every descendant, e.g. nnUNetv2_predict's preprocessing and export workers), sampled
+every 0.2 s from Linux's /proc as the sum of PSS (shared pages split between the processes
+that share them) and as the sum of RSS (shared pages counted in every process), beside the
+peak RSS of the largest single process (ru_maxrss of the children); and on a GPU the peak
+CUDA memory of hntseg's predictor. Sampling can miss a spike shorter than 0.2 s. The
+nnUNetv2_predict variants read the same channel files (mid-RT T2 + the gradient map
+hntseg computed), with nnU-Net's logit-average ensembling; hntseg averages softmax.
 
     .venv/bin/python benchmarks/predict.py [--small] [--device auto|cpu|cuda] [--keep DIR]
     .venv/bin/python benchmarks/predict.py --estimate   # real size on a CPU: see below
@@ -191,21 +195,96 @@ def differing(a: Path, b: Path) -> str:
     return f"{int((x != y).sum())} of {x.size}"
 
 
+# Runs one variant (argv) and reports its wall time and its process tree's peak memory.
+# The wrapper itself is not part of the tree it samples.
+WRAPPER = r"""
+import json, os, resource, subprocess, sys, threading, time
+
+
+def tree(root):
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def memory_kb(pid):
+    # (Pss, Rss) in kB; (0, 0) for a process gone or without memory (zombie); Pss None
+    # where smaps_rollup cannot be read for a live process
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+    if rss == 0:
+        return 0, 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            fields = dict(line.split()[:2] for line in f if line[:4] in ("Rss:", "Pss:"))
+        return int(fields["Pss:"]), int(fields["Rss:"])
+    except (OSError, KeyError, ValueError):
+        return (None, rss) if os.path.exists(f"/proc/{pid}/statm") else (0, 0)
+
+
+peak = {"pss_kb": 0, "rss_kb": 0, "pss_ok": True, "max_procs": 0}
+done = threading.Event()
+
+
+def sample(root):
+    while True:
+        pids = tree(root)
+        pss = rss = 0
+        for pid in pids:
+            p, r = memory_kb(pid)
+            peak["pss_ok"] &= p is not None
+            pss += p or 0
+            rss += r
+        peak["pss_kb"] = max(peak["pss_kb"], pss)
+        peak["rss_kb"] = max(peak["rss_kb"], rss)
+        peak["max_procs"] = max(peak["max_procs"], len(pids))
+        if done.wait(0.2):
+            return
+
+
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+sampler = threading.Thread(target=sample, args=(p.pid,), daemon=True)
+sampler.start()
+stdout, stderr = p.communicate()
+wall = time.perf_counter() - t
+done.set()
+sampler.join()
+sys.stderr.write(stderr[-3000:] if p.returncode else "")
+inner = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+print(json.dumps({
+    "rc": p.returncode,
+    "wall_s": wall,
+    "tree_pss_kb": peak["pss_kb"] if peak["pss_ok"] else None,
+    "tree_rss_kb": peak["rss_kb"],
+    "max_procs": peak["max_procs"],
+    "single_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    "inner": json.loads(inner[-1][7:]) if inner else None,
+}))
+"""
+
+
 def run_variant(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run one variant in a fresh wrapper process; wall time and the tree's peak RSS."""
-    wrapper = (
-        "import resource, subprocess, sys, time, json\n"
-        "t = time.perf_counter()\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "wall = time.perf_counter() - t\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "sys.stderr.write(p.stderr[-3000:] if p.returncode else '')\n"
-        "inner = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]\n"
-        "print(json.dumps({'rc': p.returncode, 'wall_s': wall, 'rss_kb': rss,"
-        " 'inner': json.loads(inner[-1][7:]) if inner else None}))\n"
-    )
+    """Run one variant in a fresh wrapper process: wall time, its process tree's peak summed
+    PSS and RSS (sampled every 0.2 s), and the largest single process's peak RSS."""
     p = subprocess.run(
-        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env
+        [sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, env=env
     )
     if p.returncode != 0 or not p.stdout.strip():
         raise RuntimeError(f"variant failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
@@ -318,8 +397,13 @@ def main() -> None:
         "process start and model load"
     )
     print(
-        f"{'variant':40s} {'wall s':>8s} {'predict s':>10s} {'peak RSS MiB':>13s} "
-        f"{'peak CUDA MiB':>14s}"
+        "memory (MiB): peak of the variant's whole process tree, sampled every 0.2 s, as "
+        "summed PSS and summed RSS (a spike shorter than 0.2 s can be missed); '1 proc' = "
+        "exact peak RSS of the largest single process; procs = most processes at once"
+    )
+    print(
+        f"{'variant':40s} {'wall s':>8s} {'predict s':>10s} {'tree PSS':>9s} {'tree RSS':>9s} "
+        f"{'1 proc':>7s} {'procs':>5s} {'peak CUDA MiB':>14s}"
     )
     for i, (title, cmd) in enumerate(variants):
         if i == n_hntseg:  # hntseg cached the gradient map: give nnU-Net the same files
@@ -332,7 +416,12 @@ def main() -> None:
         inner = r["inner"] or {}
         pred = f"{inner['inner_s']:.1f}" if inner.get("inner_s") else "-"
         cuda = f"{inner['cuda_bytes'] / 2**20:.0f}" if inner.get("cuda_bytes") else "-"
-        print(f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {r['rss_kb'] / 1024:13.0f} {cuda:>14s}")
+        pss = f"{r['tree_pss_kb'] / 1024:.0f}" if r["tree_pss_kb"] is not None else "-"
+        print(
+            f"{title:40s} {r['wall_s']:8.1f} {pred:>10s} {pss:>9s} "
+            f"{r['tree_rss_kb'] / 1024:9.0f} {r['single_kb'] / 1024:7.0f} {r['max_procs']:5d} "
+            f"{cuda:>14s}"
+        )
     for tta in ttas:
         fp32 = hntseg_out(base, len(folds), tta) / "1.nii.gz"
         bf16 = hntseg_out(base, len(folds), tta, True) / "1.nii.gz"
