@@ -7,12 +7,18 @@ BIN    := $(VENV)/bin
 # (see README "Why this torch").
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
+SPEC   := $(VENV)/.torch-spec
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# the torch pair asked for; rewritten (so the stamp is out of date) only when TORCH changes
+$(SPEC): FORCE
+	@mkdir -p $(VENV)
+	@if [ "$$(cat $@ 2>/dev/null)" != "$(TORCH)" ]; then echo "$(TORCH)" > $@; fi
+
+$(STAMP): pyproject.toml Makefile $(SPEC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)

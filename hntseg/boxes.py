@@ -109,7 +109,7 @@ def parse_margin(value: int | str | Sequence[int]) -> int | tuple[int, int]:
         lo = hi = int(value)
     elif isinstance(value, str):
         parts = value.replace(" ", "").split("-")
-        if not all(p.isdigit() for p in parts) or len(parts) not in (1, 2):
+        if not all(p.isdecimal() for p in parts) or len(parts) not in (1, 2):
             raise InputError(f"--margin {value!r}: expected N or LO-HI voxels, e.g. 4 or 2-6")
         lo, hi = int(parts[0]), int(parts[-1])
     elif isinstance(value, Sequence) and len(value) == 2:

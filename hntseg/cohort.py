@@ -63,15 +63,28 @@ class Patient:
         for key in keys:
             path = self.files.get(key)
             if path is None:
-                raise InputError(
-                    f"{expected_path(self.root, self.id, key)}: missing (patient {self.id})"
-                )
+                want = expected_path(self.root, self.id, key)
+                raise InputError(f"{want}: missing (patient {self.id}){_near_miss(want)}")
             out.append(path)
         return out
 
 
-def _sort_key(pid: str) -> tuple[int, int | str]:
-    return (0, int(pid)) if pid.isdigit() else (1, pid)
+def sort_key(pid: str) -> tuple[int, int, str]:
+    """Numeric ids in numeric order (2 before 10), then the others; ties ("7", "007") by
+    the text, so the order never depends on set or hash order."""
+    return (0, int(pid), pid) if pid.isdecimal() else (1, 0, pid)
+
+
+def _near_miss(path: Path) -> str:
+    """A hint when the folder holds the file under another case or suffix spelling."""
+    folder = path.parent
+    if not folder.is_dir():
+        return ""
+    stem = path.name[: -len(".nii.gz")].lower()
+    for other in sorted(folder.iterdir()):
+        if other.name.lower().startswith(stem + ".") and other.name != path.name:
+            return f"; found {other.name}: names are case-sensitive, suffixes lower case"
+    return ""
 
 
 def discover(
@@ -92,7 +105,7 @@ def discover(
         raise InputError(f"{root}: not a folder")
     pids = sorted(
         (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=_sort_key,
+        key=sort_key,
     )
     if ids is not None:
         wanted = [str(i) for i in ids]
@@ -104,17 +117,26 @@ def discover(
     for pid in pids:
         files: dict[str, Path | None] = {}
         for key in FILES:
-            found = None
-            for suffix in SUFFIXES:
-                candidate = expected_path(root, pid, key, suffix)
-                if candidate.is_file():
-                    found = candidate
-                    break
+            hits = [expected_path(root, pid, key, sfx) for sfx in SUFFIXES]
+            hits = [h for h in hits if h.is_file()]
+            if len(hits) > 1:
+                raise InputError(
+                    f"{hits[0]}: also {hits[1].name}; keep one file per image (patient {pid})"
+                )
+            found = hits[0] if hits else None
             if found is not None and check_readable:
                 read_header(found, key)
             files[key] = found
         if not any(files.values()):
-            continue  # a folder that is not a patient (e.g. an output folder)
+            phases = [root / pid / ph for ph in ("preRT", "midRT") if (root / pid / ph).is_dir()]
+            if not phases:
+                continue  # a folder that is not a patient (e.g. an output folder)
+            stray = sorted(f.name for ph in phases for f in ph.iterdir() if f.is_file())
+            shown = f"; it holds {', '.join(stray[:2])}" if stray else "; they are empty"
+            raise InputError(
+                f"{root / pid}: has {'/'.join(p.name for p in phases)} but no file named "
+                f"{pid}_<phase>_<kind> (e.g. {pid}_preRT_T2.nii.gz){shown}"
+            )
         patient = Patient(pid, root, files)
         patient.require(*required)
         patients.append(patient)

@@ -199,9 +199,9 @@ def _parse_margin(value: Any) -> tuple[bool, Any]:
         return value >= 0, value
     if isinstance(value, str):
         parts = value.replace(" ", "").split("-")
-        if len(parts) == 1 and parts[0].isdigit():
+        if len(parts) == 1 and parts[0].isdecimal():
             return True, int(parts[0])
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
+        if len(parts) == 2 and all(p.isdecimal() for p in parts):
             lo, hi = int(parts[0]), int(parts[1])
             return lo <= hi, [lo, hi] if lo < hi else lo
         return False, value

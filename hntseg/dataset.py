@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.cohort import PHASES, Patient, discover, expected_path
+from hntseg.cohort import PHASES, Patient, discover, expected_path, sort_key
 from hntseg.errors import InputError
 from hntseg.io import (
     Grid,
@@ -86,7 +86,7 @@ def make_splits(
 ) -> list[dict[str, list[str]]]:
     """nnU-Net splits over patients: val = mid-RT cases of the fold's patients, train = the
     mid-RT (+ pre-RT) cases of the others. Seeded: same ids + seed -> same splits."""
-    ids = sorted(set(patient_ids), key=lambda p: (0, int(p), "") if p.isdigit() else (1, 0, p))
+    ids = sorted(set(patient_ids), key=sort_key)
     if n_folds < 2:
         raise InputError(f"--folds {n_folds}: need at least 2 folds")
     if len(ids) < n_folds:
@@ -356,9 +356,7 @@ def build_dataset(
         pre_rt,
         ids,
     )
-    pids = sorted(
-        {c.pid for c in cases}, key=lambda p: (0, int(p), "") if p.isdigit() else (1, 0, p)
-    )
+    pids = sorted({c.pid for c in cases}, key=sort_key)
     splits = make_splits(pids, folds, seed, pre_rt)
 
     inputs: dict[str, Path | None] = {}

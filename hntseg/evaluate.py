@@ -81,10 +81,6 @@ def case_id(path: str | Path) -> str:
     return match.group("id") if match else stem
 
 
-def _sort_key(pid: str) -> tuple[int, int | str]:
-    return (0, int(pid)) if pid.isdigit() else (1, pid)
-
-
 def find_masks(folder: str | Path, role: str = "prediction") -> dict[str, Path]:
     """Map patient id -> mask file in a flat folder, or in a cohort-layout folder
     (`<id>/midRT/...`; the file read per role is COHORT_KEYS[role])."""
@@ -121,7 +117,9 @@ def find_masks(folder: str | Path, role: str = "prediction") -> dict[str, Path]:
         found = {p.id: p.get(key) for p in patients if p.has(key)}  # type: ignore[misc]
         if not found:
             raise InputError(f"{folder}: cohort layout but no {key} file for any patient")
-    return dict(sorted(found.items(), key=lambda kv: _sort_key(kv[0])))
+    from hntseg.cohort import sort_key
+
+    return dict(sorted(found.items(), key=lambda kv: sort_key(kv[0])))
 
 
 def match_cases(

@@ -54,11 +54,17 @@ def is_quiet() -> bool:
 
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
-    """Under --quiet, silence what libraries (nnU-Net) print to stdout inside the block."""
+    """Under --quiet, silence what a library (nnU-Net) writes inside the block: its prints on
+    stdout and its progress bars on stderr (it passes tqdm's `disable` itself, so
+    TQDM_DISABLE alone does not reach them). Its errors still raise and are reported."""
     if not is_quiet():
         yield
         return
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+    with (
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),
+        contextlib.redirect_stderr(devnull),
+    ):
         yield
 
 

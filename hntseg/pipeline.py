@@ -142,6 +142,11 @@ def decide(
     why_not = stage.skip_reason(ctx)
     if why_not:
         return Decision(stage.name, "skip", why_not), {}, {}
+    if ctx.sharded and stage.per_case and not _part_has_patients(ctx):
+        # more parts than patients: this part has nothing to do (and must not fail, or a
+        # job array's dependants would never start)
+        why = f"no patients in part {ctx.part_id} of {ctx.num_parts}"
+        return Decision(stage.name, "skip", why), {}, {}
     try:
         options = dict(stage.options(ctx))
     except HntsegError:
@@ -191,6 +196,13 @@ def decide(
         inputs,
         options,
     )
+
+
+def _part_has_patients(ctx: Context) -> bool:
+    try:
+        return bool(ctx.ids())
+    except HntsegError:  # e.g. the cohort is not there yet: let the stage say so
+        return True
 
 
 def _match(names: Sequence[str], stage: Stage) -> bool:

@@ -233,7 +233,11 @@ def train(
     final checkpoint is skipped unless `continue_training` or `force`. Short runs (`epochs`
     or `iterations_per_epoch` given) skip nnU-Net's final full validation by default.
     """
-    for value, flag in ((epochs, "--epochs"), (iterations_per_epoch, "--iterations-per-epoch")):
+    for value, flag in (
+        (epochs, "--epochs"),
+        (iterations_per_epoch, "--iterations-per-epoch"),
+        (val_iterations, "val_iterations"),
+    ):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be >= 1")
     if continue_training and force:

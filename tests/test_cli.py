@@ -124,9 +124,13 @@ def test_quiet_silences_nnunet_progress_bars_and_stdout(monkeypatch):
         import contextlib
         import io
 
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf), quiet_stdout():
+        from tqdm import tqdm
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), quiet_stdout():
             print("nnU-Net chatter")
-        assert buf.getvalue() == ""
+            for _ in tqdm(range(3), desc="Preprocessing cases", disable=False):  # as nnU-Net
+                pass
+        assert out.getvalue() == "" and err.getvalue() == ""
     finally:
         setup_logging(quiet=False)

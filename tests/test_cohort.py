@@ -99,3 +99,62 @@ def test_check_phases():
     assert check_phases(("preRT",)) == ["preRT"]
     with pytest.raises(InputError, match="--phase 'midrt'"):
         check_phases(["midRT", "midrt"])
+
+
+def test_misnamed_patient_folder_is_an_error_not_dropped(tiny_cohort, tmp_path):
+    """A folder with preRT/midRT but no <id>_... files: someone's patient, never skipped."""
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "1", root / "1")
+    shutil.copytree(tiny_cohort / "2", root / "9")  # patient 2's files in folder 9
+    with pytest.raises(InputError, match=r"9: has preRT/midRT but no file named 9_<phase>"):
+        discover(root)
+    shutil.rmtree(root / "9")
+    (root / "results").mkdir()  # a folder without preRT/midRT is not a patient: ignored
+    assert [p.id for p in discover(root)] == ["1"]
+
+
+def test_upper_case_suffix_is_named_in_the_error(tiny_cohort, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "1", root / "1")
+    t2 = root / "1" / "midRT" / "1_midRT_T2.nii.gz"
+    t2.rename(t2.with_name("1_midRT_T2.NII.GZ"))
+    with pytest.raises(InputError, match=r"missing \(patient 1\); found 1_midRT_T2\.NII\.GZ"):
+        discover(root)
+
+
+def test_two_formats_of_one_image_is_an_error(tiny_cohort, tmp_path):
+    import SimpleITK as sitk
+
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "1", root / "1")
+    t2 = root / "1" / "preRT" / "1_preRT_T2.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(t2)), str(t2.with_name("1_preRT_T2.mha")))
+    with pytest.raises(InputError, match=r"1_preRT_T2\.nii\.gz: also 1_preRT_T2\.mha"):
+        discover(root)
+
+
+def test_id_order_never_depends_on_hash_order(tmp_path):
+    """'7' and '007' are the same number: ties broken by the text, so the splits are the
+    same in every process (Python randomises string hashes per process)."""
+    import subprocess
+    import sys
+
+    from hntseg.cohort import sort_key
+
+    assert sorted(["10", "007", "abc", "7", "2"], key=sort_key) == ["2", "007", "7", "10", "abc"]
+    code = (
+        "from hntseg.dataset import make_splits;"
+        "print(make_splits(['1', '2', '3', '007', '7', 'x'], 3, 0))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outs) == 1, outs
+    assert sort_key("²") == (1, 0, "²")  # isdigit() but not a number int() can read

@@ -415,6 +415,24 @@ def test_sharded_per_case_stages_union_equals_whole(tmp_path, tiny_cohort):
     sharded = comparable(tmp_path / "parts" / "work")
     per_case = {k: v for k, v in reference.items() if k.split("/")[0] in ("registered", "priors")}
     assert per_case and {k: sharded.get(k) for k in per_case} == per_case
+    # one part resubmitted alone (a one-task array) keeps its K; a part with no patients
+    # (more parts than patients) succeeds without work, so the array's dependants start
+    for part, expected in ((2, "skipped"), (5, "skipped")):
+        env = {**os.environ, "HNTSEG": str(wrapper), "SLURM_ARRAY_TASK_COUNT": "1"}
+        env.update(SLURM_ARRAY_TASK_ID=str(part), HNTSEG_PARTS="3" if part < 3 else "6")
+        res = subprocess.run(
+            ["bash", str(REPO / "examples/slurm/cases.sbatch"), str(parts)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert res.returncode == 0, res.stderr
+        k = 3 if part < 3 else 6
+        rec = read_json(tmp_path / "parts" / "work" / f"run.part{part}of{k}.json")
+        assert statuses(rec)["boxes"] == expected, rec["stages"]
+    assert "no patients in part 5 of 6" in json.dumps(rec["stages"])
     # the final unsharded run completes the aggregate stages and reuses the cases
     assert hntseg("run", str(parts)).returncode == 0
     assert comparable(tmp_path / "parts" / "work") == reference

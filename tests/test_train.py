@@ -71,3 +71,8 @@ def test_bad_override_is_refused_before_planning(planned, monkeypatch, override)
     with pytest.raises(InputError):
         train_module.plan_and_preprocess(work, 11, plans_override=override)
     assert record.exists()  # nothing was started, so nothing was invalidated
+
+
+def test_validation_iterations_must_be_positive(tmp_path):
+    with pytest.raises(InputError, match="val_iterations 0: must be >= 1"):
+        train_module.train(tmp_path, 11, 0, epochs=1, val_iterations=0)

@@ -10,6 +10,7 @@
 set -euo pipefail
 CONFIG=$(realpath "${1:?usage: submit.sh CONFIG.yaml [PARTS]}")
 PARTS=${2:-10}
+export HNTSEG_PARTS=$PARTS   # the array's K, also when one part is resubmitted alone
 HERE=$(dirname "$(realpath "$0")")
 HNTSEG=${HNTSEG:-hntseg}
 export HNTSEG

@@ -19,8 +19,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 def _env_int(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment (unset: the default)."""
     value = os.environ.get(name)
-    return int(value) if value else default
+    if not value:
+        return default
+    if not value.strip().isdecimal() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
+    return int(value)
 
 
 class nnUNetTrainerHntsegShort(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
