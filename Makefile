@@ -45,4 +45,4 @@ bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

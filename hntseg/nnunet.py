@@ -138,11 +138,9 @@ def set_environment(work: str | Path, workers: int | None = None, create: bool =
 
 def default_workers() -> int:
     """Data-augmentation workers for this machine: CPUs minus one for the main process, <= 12."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(1, min(12, cpus - 1))
+    from hntseg.machine import available_cpus
+
+    return max(1, min(12, available_cpus() - 1))
 
 
 def check_device(device: str | None) -> str:
@@ -167,7 +165,9 @@ def select_device(device: str = "auto") -> Any:
     if device == "mps" and not has_mps:
         raise InputError("--device mps: Apple MPS is not available")
     if device == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        from hntseg.machine import available_cpus
+
+        torch.set_num_threads(available_cpus())
     return torch.device(device)
 
 

@@ -48,6 +48,7 @@ from hntseg.io import (
     write_text,
 )
 from hntseg.log import log, progress
+from hntseg.machine import available_cpus
 from hntseg.records import case_seed, is_done, write_record
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -281,7 +282,7 @@ def _set_threads(threads: int | None) -> None:
     import itk
 
     if threads:
-        itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(max(threads, os.cpu_count() or 1))
+        itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(max(threads, available_cpus()))
         itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
 
 
@@ -814,8 +815,8 @@ def register_cohort(
         else ("preRT_T2", "preRT_mask", "midRT_T2")
     )
     patients = shard(discover(cohort, required=required, ids=ids), num_parts, part_id)
-    if threads is None and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+    if threads is None:  # the allocation's CPUs (not the node's), shared by the workers
+        threads = max(1, available_cpus() // workers)
     tasks = [
         {
             "pre_t2": p.get("preRT_T2"),

@@ -539,3 +539,18 @@ def test_elastix_failure_keeps_its_log_for_debugging(small, tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "o" / "1").rglob("*")) == ["elastix.failed.log"]
     reg.register_case(**args, method="identity")
     assert not log_file.exists()
+
+
+def test_default_threads_follow_the_allocation_not_the_node(small, tmp_path, monkeypatch):
+    """On a shared node, a job's CPU allocation (affinity) sets the default thread count."""
+    import os
+
+    import hntseg.machine as machine
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert machine.available_cpus() == 1
+    from hntseg.register import register_cohort
+
+    register_cohort(small, tmp_path / "o", method="identity", ids=["1"])
+    assert read_json(tmp_path / "o" / "1" / "register.record.json")["threads"] == 1
