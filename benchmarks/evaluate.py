@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _memory import reset_peak, status_mib  # benchmarks/_memory.py (the script folder)
 from scipy import ndimage
 
 SPACING_XYZ = (0.5, 0.5, 2.0)
@@ -70,18 +70,6 @@ def make_case(shape_zyx, seed=0):
     return pred, gt
 
 
-def _status_mib() -> dict[str, float]:
-    """Current (VmRSS) and peak (VmHWM) resident memory of this process, MiB (Linux)."""
-    text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.M).group(1)) / 1024 for k in
-            ("VmRSS", "VmHWM")}  # fmt: skip
-
-
-def _reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def run_variant(variant: str, mode: str, folder: Path, repeats: int) -> dict:
     """One pass (time or memory) of one variant, in this fresh process."""
     pred = np.load(folder / "pred.npy")
@@ -114,10 +102,10 @@ def run_variant(variant: str, mode: str, folder: Path, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
         return {"seconds": min(times), "values": values}
     gc.collect()
-    base = _status_mib()["VmRSS"]
-    _reset_peak()
+    base = status_mib()["VmRSS"]
+    reset_peak()
     once()
-    peak = _status_mib()["VmHWM"]
+    peak = status_mib()["VmHWM"]
     gc.collect()
     tracemalloc.start()
     once()
@@ -143,8 +131,8 @@ def main() -> None:
         print(json.dumps(res))
         return
     try:
-        _reset_peak()
-        _status_mib()
+        reset_peak()
+        status_mib()
     except (OSError, AttributeError) as exc:
         sys.exit(f"memory is measured with Linux's /proc/self/status and clear_refs: {exc}")
     shape = (40, 256, 256) if args.small else (75, 512, 512)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import reset_peak, status_mib  # benchmarks/_memory.py (the script folder)
 
 SIZE = (512, 512, 75)  # (x, y, z)
 SMALL = (128, 128, 24)
@@ -97,18 +97,6 @@ def naive(t2, boxes, sigma=SIGMA, gain=2.0) -> np.ndarray:
     return out
 
 
-def _status_mib() -> dict[str, float]:
-    """Current (VmRSS) and peak (VmHWM) resident memory of this process, MiB (Linux)."""
-    text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.M).group(1)) / 1024 for k in
-            ("VmRSS", "VmHWM")}  # fmt: skip
-
-
-def _reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def run_variant(name: str, mode: str, repeat: int, case: Path, out_npy: Path) -> dict:
     """One pass (time or memory) of one variant, in this fresh process."""
     import SimpleITK as sitk
@@ -144,10 +132,10 @@ def run_variant(name: str, mode: str, repeat: int, case: Path, out_npy: Path) ->
             "box_voxels": int(sum(np.prod(b.shape) for b in boxes.boxes)),
         }
     gc.collect()
-    base = _status_mib()["VmRSS"]
-    _reset_peak()
+    base = status_mib()["VmRSS"]
+    reset_peak()
     kept = once()
-    peak = _status_mib()["VmHWM"]
+    peak = status_mib()["VmHWM"]
     del kept
     return {"base_rss_mib": base, "rss_increase_mib": peak - base}
 
@@ -171,8 +159,8 @@ def main() -> None:
         print(json.dumps(res))
         return
     try:
-        _reset_peak()
-        _status_mib()
+        reset_peak()
+        status_mib()
     except (OSError, AttributeError) as exc:
         sys.exit(f"memory is measured with Linux's /proc/self/status and clear_refs: {exc}")
     results = {name: {} for name in VARIANTS}

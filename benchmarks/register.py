@@ -36,20 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _memory import reset_peak, status_mib  # benchmarks/_memory.py (the script folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _status_mib() -> dict[str, float]:
-    """Current (VmRSS) and peak (VmHWM) resident memory of this process, MiB (Linux)."""
-    text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.M).group(1)) / 1024 for k in
-            ("VmRSS", "VmHWM")}  # fmt: skip
-
-
-def _reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _load_itk() -> None:
@@ -71,12 +61,12 @@ def _child(args: argparse.Namespace) -> None:
     from hntseg.io import array, read_mask
     from hntseg.register import format_parameter_map, read_parameter_file, register_case
 
-    rss0 = _status_mib()["VmRSS"]
-    _reset_peak()
+    rss0 = status_mib()["VmRSS"]
+    reset_peak()
     t0 = time.perf_counter()
     _load_itk()
     load_s = time.perf_counter() - t0
-    load = _status_mib()
+    load = status_mib()
 
     cohort, out = Path(args.cohort), Path(args.out)
     params = None
@@ -88,7 +78,7 @@ def _child(args: argparse.Namespace) -> None:
         params = [out / "challenge_truncated.txt"]
         out.mkdir(parents=True, exist_ok=True)
         params[0].write_text(format_parameter_map(m))
-    _reset_peak()
+    reset_peak()
     start = time.perf_counter()
     result = register_case(
         expected_path(cohort, "1", "preRT_T2"),
@@ -103,7 +93,7 @@ def _child(args: argparse.Namespace) -> None:
         force=True,
     )
     wall = time.perf_counter() - start
-    case_peak = _status_mib()["VmHWM"]
+    case_peak = status_mib()["VmHWM"]
     got = array(read_mask(expected_path(out, "1", "preRT_mask_registered")))
     ref = array(read_mask(expected_path(cohort, "1", "preRT_mask_registered")))
     dice = {}

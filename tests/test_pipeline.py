@@ -500,24 +500,9 @@ def test_dataset_stage_needs_every_case_file(tmp_path, tiny_cohort):
 def test_device_change_does_not_retrain_a_finished_fold(tmp_path, monkeypatch):
     """train-fold decisions: a new `device:` neither reruns a finished fold (even one whose
     state, written by an older version, names the device) nor stops one in progress."""
-    from hntseg.stages import _checkpoint
-
-    (tmp_path / "c").mkdir()
-    base = {"cohort": "c", "work": "w", "train": {"folds": [0]}, "dataset": {"n_folds": 2}}
+    base, final, calls = _fold_setup(tmp_path, monkeypatch)
     cfg_auto = resolve_config({**base, "device": "auto"}, "t", tmp_path)
     cfg_cpu = resolve_config({**base, "device": "cpu"}, "t", tmp_path)
-    ctx = Context(cfg_auto)
-    for path in (
-        pipeline.dataset_dir(ctx) / "dataset.json",
-        pipeline.dataset_dir(ctx, "nnUNet_preprocessed") / "splits_final.json",
-        pipeline.dataset_dir(ctx, "nnUNet_preprocessed") / "nnUNetResEncUNetMPlans.json",
-        pipeline.dataset_dir(ctx) / "imagesTr" / "1_midRT_0000.nii.gz",
-        pipeline.dataset_dir(ctx) / "labelsTr" / "1_midRT.nii.gz",
-    ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}")
-    final = _checkpoint(ctx, 0)
-    calls: list[dict] = []
 
     def fake_train(**kw):  # like train(): a finished fold is kept unless forced
         calls.append(kw)
@@ -526,7 +511,6 @@ def test_device_change_does_not_retrain_a_finished_fold(tmp_path, monkeypatch):
             final.write_bytes(b"trained")
 
     monkeypatch.setattr("hntseg.train.train", fake_train)
-    monkeypatch.setattr(pipeline, "_device", lambda requested: (requested, requested))
 
     def fold(cfg):
         return [_stage(cfg, "train-fold0")]
