@@ -33,3 +33,13 @@ def test_synth_into_a_real_cohort_is_refused(tmp_path):
         resolve_config(data)
     data["cohort"] = str(tmp_path / "fresh")
     assert resolve_config(data)["cohort"] == str(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("key", ["cohort", "registered", "gradmaps"])
+def test_predict_folders_must_exist_before_the_run(tmp_path, key):
+    """Found at config time, not at the predict stage after hours of training."""
+    data = {"work": str(tmp_path / "w"), "synth": {"enabled": True}}
+    with pytest.raises(InputError, match=f"folder not found .*predict.{key}"):
+        resolve_config({**data, "predict": {key: str(tmp_path / "typo")}})
+    (tmp_path / "there").mkdir()
+    assert resolve_config({**data, "predict": {key: str(tmp_path / "there")}})
