@@ -69,6 +69,10 @@ class Patient:
         return out
 
 
+class NoPatients(InputError):
+    """A folder without any patient in the cohort layout (callers may try another layout)."""
+
+
 def sort_key(pid: str) -> tuple[int, int, str]:
     """Numeric ids in numeric order (2 before 10), then the others; ties ("7", "007") by
     the text, so the order never depends on set or hash order."""
@@ -129,19 +133,24 @@ def discover(
             files[key] = found
         if not any(files.values()):
             phases = [root / pid / ph for ph in ("preRT", "midRT") if (root / pid / ph).is_dir()]
-            if not phases:
-                continue  # a folder that is not a patient (e.g. an output folder)
-            stray = sorted(f.name for ph in phases for f in ph.iterdir() if f.is_file())
-            shown = f"; it holds {', '.join(stray[:2])}" if stray else "; they are empty"
+            stray = sorted(
+                f.name
+                for ph in phases
+                for f in ph.iterdir()
+                if f.is_file() and not f.name.startswith(".")
+            )
+            if not stray:
+                continue  # not a patient (an output folder, a killed run's empty folders)
             raise InputError(
                 f"{root / pid}: has {'/'.join(p.name for p in phases)} but no file named "
-                f"{pid}_<phase>_<kind> (e.g. {pid}_preRT_T2.nii.gz){shown}"
+                f"{pid}_<phase>_<kind> (e.g. {pid}_preRT_T2.nii.gz); it holds "
+                f"{', '.join(stray[:2])}"
             )
         patient = Patient(pid, root, files)
         patient.require(*required)
         patients.append(patient)
     if not patients:
-        raise InputError(f"{root}: no patients in the HNTS-MRG layout (<id>/preRT, <id>/midRT)")
+        raise NoPatients(f"{root}: no patients in the HNTS-MRG layout (<id>/preRT, <id>/midRT)")
     return patients
 
 

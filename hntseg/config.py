@@ -302,11 +302,12 @@ def resolve_config(
         if not cohort.is_dir():
             what = "not a folder" if cohort.exists() else "cohort folder not found"
             raise InputError(f"{cohort}: {what} ({source}: cohort)")
-    for key in ("cohort", "registered", "gradmaps"):  # your files: there before the run
-        folder = cfg["predict"][key]
-        if folder is not None and not Path(folder).is_dir():
-            what = "not a folder" if Path(folder).exists() else "folder not found"
-            raise InputError(f"{folder}: {what} ({source}: predict.{key})")
+    # the patients to segment are there before the run (predict.registered and .gradmaps
+    # may be made by this run's own stages: the predict stage checks them)
+    folder = cfg["predict"]["cohort"]
+    if folder is not None and not Path(folder).is_dir():
+        what = "not a folder" if Path(folder).exists() else "folder not found"
+        raise InputError(f"{folder}: {what} ({source}: predict.cohort)")
     from hntseg import nnunet
 
     for key, check in (

@@ -121,6 +121,8 @@ class Stage:
     group: str = ""
     skip_reason: Callable[[Context], str | None] = lambda ctx: None
     uses_device: bool = False
+    # the patients a per-case stage works on in this part (default: ctx.ids())
+    ids: Callable[[Context], Sequence[str]] | None = None
 
     @property
     def section(self) -> str:

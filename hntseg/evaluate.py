@@ -109,7 +109,7 @@ def find_masks(folder: str | Path, role: str = "prediction") -> dict[str, Path]:
         key = COHORT_KEYS[role]
         try:
             patients = cohort.discover(folder, required=(), check_readable=False)
-        except InputError:
+        except cohort.NoPatients:  # other problems (a misnamed patient folder) keep their say
             raise InputError(
                 f"{folder}: no {role} masks (expected <id>.nii.gz, <id>.mha, "
                 f"<id>_midRT_mask.nii.gz, ... or the cohort layout)"

@@ -142,7 +142,7 @@ def decide(
     why_not = stage.skip_reason(ctx)
     if why_not:
         return Decision(stage.name, "skip", why_not), {}, {}
-    if ctx.sharded and stage.per_case and not _part_has_patients(ctx):
+    if ctx.sharded and stage.per_case and not _part_has_patients(ctx, stage):
         # more parts than patients: this part has nothing to do (and must not fail, or a
         # job array's dependants would never start)
         why = f"no patients in part {ctx.part_id} of {ctx.num_parts}"
@@ -198,9 +198,9 @@ def decide(
     )
 
 
-def _part_has_patients(ctx: Context) -> bool:
+def _part_has_patients(ctx: Context, stage: Stage) -> bool:
     try:
-        return bool(ctx.ids())
+        return bool(stage.ids(ctx) if stage.ids is not None else ctx.ids())
     except HntsegError:  # e.g. the cohort is not there yet: let the stage say so
         return True
 
@@ -258,7 +258,7 @@ def _check_fold_count(ctx: Context, stages: Sequence[Stage], only: Sequence[str]
         return
     n_folds = ctx.config["dataset"]["n_folds"]
     synth = ctx.config["synth"]
-    if synth["enabled"] and not ctx.cohort.is_dir():
+    if synth["enabled"]:  # synth fills the cohort up to synth.patients
         count, where = synth["patients"], "synth.patients"
     elif ctx.cohort.is_dir():
         count, where = len(ctx.all_ids()), str(ctx.cohort)

@@ -546,6 +546,21 @@ def _remove_outputs(paths: Mapping[str, Path], strict: bool = True) -> None:
                 pass  # not empty (other files) or absent
 
 
+def _remove_unrecorded(task: Mapping[str, Any]) -> None:
+    """After a worker died (which fails every case still queued, too): remove a case's
+    registered image and mask only when no record vouches for them (a finished case keeps
+    its outputs) and they are not one of the case's inputs (e.g. through a symlink)."""
+    paths = case_outputs(task["out"], task["case_id"])
+    if paths["record"].is_file():
+        return
+    keys = ("pre_t2", "pre_mask", "mid_t2", "mid_mask", "provided_t2", "provided_mask")
+    inputs = {Path(task[k]).resolve() for k in keys if task.get(k)}
+    for key in ("t2", "mask"):
+        path = paths[key]
+        if path.is_file() and path.resolve() not in inputs:
+            path.unlink()
+
+
 def register_case(
     pre_t2: str | Path | None,
     pre_mask: str | Path | None,
@@ -849,14 +864,15 @@ def register_cohort(
         context = multiprocessing.get_context("spawn")  # no fork after ITK threads started
         by_id: dict[str, CaseResult] = {}
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-            futures = {pool.submit(_run_case, t): t["case_id"] for t in tasks}
+            futures = {pool.submit(_run_case, t): t for t in tasks}
             for fut in progress(as_completed(futures), f"register ({method})", len(futures)):
-                pid = futures[fut]
+                task = futures[fut]
+                pid = task["case_id"]
                 try:
                     by_id[pid] = fut.result()
                 except Exception as exc:  # a worker that died (e.g. a crash inside elastix)
                     by_id[pid] = CaseResult(pid, "failed", f"worker died: {_first_line(exc)}")
-                    _remove_outputs(case_outputs(out, pid), strict=False)
+                    _remove_unrecorded(task)
                 _report(by_id[pid])
         results = [by_id[t["case_id"]] for t in tasks]
     failed = [r for r in results if r.status == "failed"]

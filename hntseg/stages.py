@@ -619,6 +619,7 @@ def _predict_stage() -> Stage:
         per_case=True,
         after=("synth", "register", "train", "plan"),
         uses_device=True,
+        ids=_predict_ids,
     )
 
 

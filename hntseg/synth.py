@@ -467,6 +467,23 @@ def synth_cohort(
         old = read_json(summary_path, "synth summary")
         if old.get("params") == params:
             previous = {p["id"]: p for p in old.get("patients", [])}
+
+    def summary(truths: list[dict], complete: bool) -> None:
+        write_json(
+            summary_path,
+            {
+                "stage": "synth",
+                "params": params,
+                "versions": versions(),
+                "patients": truths,
+                "complete": complete,
+                "note": "synthetic phantoms, not patient data",
+            },
+        )
+
+    # written first, so a killed run leaves a folder that is recognisably synthetic (and
+    # resumable: the patients it lists are kept, the others drawn again)
+    summary([previous[p] for p in map(str, range(1, patients + 1)) if p in previous], False)
     truths = []
     for n in progress(range(1, patients + 1), "synth"):
         pid = str(n)
@@ -476,14 +493,6 @@ def synth_cohort(
             continue
         log.debug("synth patient %s", pid)
         truths.append(synth_patient(out, pid, seed, size, spacing))
-    write_json(
-        summary_path,
-        {
-            "stage": "synth",
-            "params": params,
-            "versions": versions(),
-            "patients": truths,
-            "note": "synthetic phantoms, not patient data",
-        },
-    )
+        summary(truths, False)
+    summary(truths, True)
     return truths

@@ -158,3 +158,10 @@ def test_id_order_never_depends_on_hash_order(tmp_path):
     }
     assert len(outs) == 1, outs
     assert sort_key("²") == (1, 0, "²")  # isdigit() but not a number int() can read
+
+
+def test_empty_phase_folders_of_a_killed_run_are_not_a_patient(tiny_cohort, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "1", root / "1")
+    (root / "2" / "midRT").mkdir(parents=True)  # what a killed registration can leave
+    assert [p.id for p in discover(root)] == ["1"]

@@ -35,7 +35,7 @@ def test_synth_into_a_real_cohort_is_refused(tmp_path):
     assert resolve_config(data)["cohort"] == str(tmp_path / "fresh")
 
 
-@pytest.mark.parametrize("key", ["cohort", "registered", "gradmaps"])
+@pytest.mark.parametrize("key", ["cohort"])
 def test_predict_folders_must_exist_before_the_run(tmp_path, key):
     """Found at config time, not at the predict stage after hours of training."""
     data = {"work": str(tmp_path / "w"), "synth": {"enabled": True}}

@@ -667,3 +667,32 @@ def test_registered_t2_channel_is_an_input_of_dataset_and_predict(tmp_path, tiny
         for name in ("dataset", "predict"):
             keys = _stage(cfg, name).inputs(ctx)
             assert any(k.startswith("registered_t2/") for k in keys) == expected, (name, keys)
+
+
+def test_sharded_parts_follow_each_stage_own_patients(tmp_path, tiny_cohort):
+    """A part with no training patient still predicts its share of another cohort; synth
+    fills the cohort up to synth.patients, so those count for the folds."""
+    from hntseg.synth import synth_cohort
+
+    test = tmp_path / "test"
+    synth_cohort(test, patients=6, size=(16, 16, 8))
+    cfg = resolve_config(
+        {
+            "cohort": str(tiny_cohort),
+            "work": str(tmp_path / "w"),
+            "register": {"method": "provided"},
+            "dataset": {"n_folds": 2},
+            "train": {"folds": [0, 1]},
+            "predict": {"cohort": str(test)},
+        },
+        "t",
+    )
+    plan = run_pipeline(cfg, dry_run=True, num_parts=5, part_id=4)["plan"]
+    actions = {d["stage"]: (d["action"], d["reason"]) for d in plan}
+    assert actions["boxes"] == ("skip", "no patients in part 4 of 5")  # 4 training patients
+    assert actions["predict"][0] == "run"  # test patient 5 is part 4's
+    small = tmp_path / "small"
+    synth_cohort(small, patients=2, size=(16, 16, 8))
+    grow = {"cohort": str(small), "work": str(tmp_path / "w2"), "dataset": {"n_folds": 5}}
+    grow["synth"] = {"enabled": True, "patients": 5, "size": [16, 16, 8]}
+    run_pipeline(resolve_config(grow, "t"), dry_run=True)  # 2 now, 5 after synth: fine

@@ -554,3 +554,24 @@ def test_default_threads_follow_the_allocation_not_the_node(small, tmp_path, mon
 
     register_cohort(small, tmp_path / "o", method="identity", ids=["1"])
     assert read_json(tmp_path / "o" / "1" / "register.record.json")["threads"] == 1
+
+
+def test_after_a_worker_died_only_unrecorded_outputs_go(small, tmp_path):
+    """A dead worker fails every queued case: finished cases keep their outputs, and an
+    output that is one of the case's inputs (a symlinked folder) is never removed."""
+    from hntseg.register import _remove_unrecorded, register_cohort
+
+    out = tmp_path / "o"
+    register_cohort(small, out, method="identity", ids=["1"])
+    task = {"out": out, "case_id": "1"}
+    _remove_unrecorded(task)
+    assert expected_path(out, "1", "preRT_mask_registered").is_file()  # recorded: kept
+    (out / "1" / "register.record.json").unlink()
+    _remove_unrecorded(task)
+    assert not expected_path(out, "1", "preRT_mask_registered").exists()  # partial: gone
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "2").symlink_to(small / "2")  # OUT/2 is the cohort's own patient 2
+    provided = expected_path(small, "2", "preRT_mask_registered")
+    _remove_unrecorded({"out": linked, "case_id": "2", "provided_mask": provided})
+    assert provided.is_file()

@@ -163,3 +163,23 @@ def test_rerun_with_spacing_skips_existing_patients(tmp_path):
     synth_cohort(tmp_path, patients=2, size=(16, 16, 8), spacing=(2.0, 2.0, 5.0))
     assert [(p.stat().st_mtime_ns, p.stat().st_ino) for p in paths] == before
     assert read_json(tmp_path / "synth.json")["params"]["spacing_xyz_mm"] == [2.0, 2.0, 5.0]
+
+
+def test_a_killed_synth_resumes(tmp_path, monkeypatch):
+    """synth.json is written first: a run killed half-way leaves a folder synth recognises."""
+    import hntseg.synth as synth
+
+    real = synth.synth_patient
+
+    def dies_at_2(out, pid, *args, **kwargs):
+        if pid == "2":
+            raise KeyboardInterrupt
+        return real(out, pid, *args, **kwargs)
+
+    monkeypatch.setattr(synth, "synth_patient", dies_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        synth_cohort(tmp_path / "c", patients=3, size=(16, 16, 8))
+    monkeypatch.setattr(synth, "synth_patient", real)
+    truths = synth_cohort(tmp_path / "c", patients=3, size=(16, 16, 8))
+    assert [t["id"] for t in truths] == ["1", "2", "3"]
+    assert read_json(tmp_path / "c" / "synth.json")["complete"] is True
