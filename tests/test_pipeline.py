@@ -397,9 +397,11 @@ def test_sharded_per_case_stages_union_equals_whole(tmp_path, tiny_cohort):
     wrapper = tmp_path / "hntseg.sh"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hntseg "$@"\n')
     wrapper.chmod(0o755)
-    for part in range(3):
-        env = {**os.environ, "HNTSEG": str(wrapper), "SLURM_ARRAY_TASK_COUNT": "3"}
-        env["SLURM_ARRAY_TASK_ID"] = str(part)
+
+    def array_task(part: int, count: int, **extra: str) -> dict:
+        """cases.sbatch as one task of a SLURM array; returns the part's run record."""
+        env = {**os.environ, "HNTSEG": str(wrapper), "SLURM_ARRAY_TASK_COUNT": str(count)}
+        env.update(SLURM_ARRAY_TASK_ID=str(part), **extra)
         res = subprocess.run(
             ["bash", str(REPO / "examples/slurm/cases.sbatch"), str(parts)],
             capture_output=True,
@@ -409,7 +411,11 @@ def test_sharded_per_case_stages_union_equals_whole(tmp_path, tiny_cohort):
             env=env,
         )
         assert res.returncode == 0, res.stderr
-        rec = read_json(tmp_path / "parts" / "work" / f"run.part{part}of3.json")
+        k = int(extra.get("HNTSEG_PARTS", count))
+        return read_json(tmp_path / "parts" / "work" / f"run.part{part}of{k}.json")
+
+    for part in range(3):
+        rec = array_task(part, 3)
         assert statuses(rec)["boxes"] == "ran" and statuses(rec)["evaluate"] == "skipped"
     reference = comparable(tmp_path / "whole" / "work")
     sharded = comparable(tmp_path / "parts" / "work")
@@ -417,21 +423,10 @@ def test_sharded_per_case_stages_union_equals_whole(tmp_path, tiny_cohort):
     assert per_case and {k: sharded.get(k) for k in per_case} == per_case
     # one part resubmitted alone (a one-task array) keeps its K; a part with no patients
     # (more parts than patients) succeeds without work, so the array's dependants start
-    for part, expected in ((2, "skipped"), (5, "skipped")):
-        env = {**os.environ, "HNTSEG": str(wrapper), "SLURM_ARRAY_TASK_COUNT": "1"}
-        env.update(SLURM_ARRAY_TASK_ID=str(part), HNTSEG_PARTS="3" if part < 3 else "6")
-        res = subprocess.run(
-            ["bash", str(REPO / "examples/slurm/cases.sbatch"), str(parts)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-            env=env,
-        )
-        assert res.returncode == 0, res.stderr
-        k = 3 if part < 3 else 6
-        rec = read_json(tmp_path / "parts" / "work" / f"run.part{part}of{k}.json")
-        assert statuses(rec)["boxes"] == expected, rec["stages"]
+    rec = array_task(2, 1, HNTSEG_PARTS="3")
+    assert statuses(rec)["boxes"] == "skipped", rec["stages"]  # done: part 2 of 3 kept its K
+    rec = array_task(5, 1, HNTSEG_PARTS="6")
+    assert statuses(rec)["boxes"] == "skipped", rec["stages"]
     assert "no patients in part 5 of 6" in json.dumps(rec["stages"])
     # the final unsharded run completes the aggregate stages and reuses the cases
     assert hntseg("run", str(parts)).returncode == 0
