@@ -404,22 +404,22 @@ def check_grid(size, spacing) -> tuple[tuple[int, int, int], tuple[float, float,
     return size, spacing
 
 
+def _parsed(text: str, cast: type) -> list:
+    """The numbers of 'AxBxC' (or 'A,B,C'); [] when one is not a `cast` (the check says so)."""
+    try:
+        return [cast(v) for v in _numbers(text)]
+    except ValueError:
+        return []
+
+
 def parse_size(text: str) -> tuple[int, int, int]:
     """'512x512x75' (or '512,512,75') -> (512, 512, 75), in (x, y, z) order."""
-    try:
-        values: list = [int(v) for v in _numbers(text)]
-    except ValueError:
-        values = []
-    return check_size(values, f"--size {text!r}")
+    return check_size(_parsed(text, int), f"--size {text!r}")
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:
     """'0.5x0.5x2' (or '0.5,0.5,2') -> (0.5, 0.5, 2.0) mm, in (x, y, z) order."""
-    try:
-        values: list = [float(v) for v in _numbers(text)]
-    except ValueError:
-        values = []
-    return check_spacing(values, f"--spacing {text!r}")
+    return check_spacing(_parsed(text, float), f"--spacing {text!r}")
 
 
 def check_synth_target(out: Path, what: str = "synth") -> None:
