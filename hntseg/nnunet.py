@@ -151,6 +151,14 @@ def check_device(device: str | None) -> str:
     return name
 
 
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA kernel driver is loaded (a GPU node), whatever torch can see."""
+    return Path(NVIDIA_DRIVER_FILE).is_file()
+
+
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+
+
 def select_device(device: str = "auto") -> Any:
     """auto -> cuda, else mps, else cpu; an unavailable explicit choice is an InputError."""
     device = check_device(device)
@@ -160,6 +168,17 @@ def select_device(device: str = "auto") -> Any:
     has_mps = bool(mps and mps.is_available())
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
+        if device == "cpu" and nvidia_driver_present():
+            from hntseg.log import log
+
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            log.warning(
+                "--device auto: this machine has an NVIDIA driver, but torch %s (%s) cannot "
+                "use the GPU, so this runs on the CPU (slowly); use --device cuda to make "
+                "this an error",
+                torch.__version__,
+                build,
+            )
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA GPU visible to torch")
     if device == "mps" and not has_mps:

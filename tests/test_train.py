@@ -76,3 +76,26 @@ def test_bad_override_is_refused_before_planning(planned, monkeypatch, override)
 def test_validation_iterations_must_be_positive(tmp_path):
     with pytest.raises(InputError, match="val_iterations 0: must be >= 1"):
         train_module.train(tmp_path, 11, 0, epochs=1, val_iterations=0)
+
+
+@pytest.mark.parametrize("driver", [True, False])
+def test_auto_device_warns_when_a_gpu_node_falls_back_to_cpu(tmp_path, monkeypatch, driver):
+    """`auto` on a node with an NVIDIA driver that torch cannot use says so (it would train on
+    the CPU for days without a word); without a driver the CPU is expected and nothing is said."""
+    import torch
+
+    from hntseg import nnunet
+    from hntseg.log import log
+
+    flag = tmp_path / "version"
+    if driver:
+        flag.write_text("NVRM version: 470.00\n")
+    monkeypatch.setattr(nnunet, "NVIDIA_DRIVER_FILE", str(flag))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    warnings: list[str] = []
+    monkeypatch.setattr(log, "warning", lambda msg, *args: warnings.append(msg % args))
+    assert nnunet.select_device("auto").type == "cpu"
+    assert len(warnings) == int(driver)
+    if driver:
+        assert "NVIDIA driver" in warnings[0] and "--device cuda" in warnings[0]
