@@ -3,9 +3,9 @@ MSD and lesion counts per case.
 
 Challenge rules (organizers' evaluation, kwahid/HNTSMRG_2024 `Evaluation_example`):
 - a prediction with labels other than 0/1/2, or a voxel spacing different from the ground
-  truth's (beyond 1e-6 mm), is rejected;
-- a prediction whose size, origin or direction differs (beyond 1e-6) is resampled
-  nearest-neighbour onto the ground-truth grid;
+  truth's (beyond `np.allclose`: 1e-6 mm + 1e-5 relative), is rejected;
+- a prediction whose size, origin or direction differs (beyond the same tolerance) is
+  resampled nearest-neighbour onto the ground-truth grid;
 - DSCagg per structure = 2 * sum_cases |A and B| / sum_cases (|A| + |B|), volumes in mm^3
   (voxel count x voxel volume), so cases weigh by physical volume; a structure absent from
   both masks of a case adds nothing, a false positive on an empty ground truth only grows
@@ -46,7 +46,7 @@ from hntseg.log import log, progress
 from hntseg.metrics import HD95_MODES, bbox, component_counts, dice, surface_distances
 
 METRICS = ("dscagg", "dsc", "hd95", "msd")
-GEOMETRY_ATOL = 1e-6  # the organizers' np.allclose tolerance for spacing/origin/direction
+GEOMETRY_ATOL = 1e-6  # the organizers' np.allclose atol (with numpy's default rtol 1e-5)
 CSV_COLUMNS = (
     "id",
     "structure",
@@ -163,14 +163,15 @@ def match_cases(
 
 def _geometry_problem(pred: Grid, gt: Grid) -> tuple[bool, str | None]:
     """(needs resampling, fatal problem) following the organizers' checks."""
-    if not np.allclose(gt.spacing, pred.spacing, rtol=0.0, atol=GEOMETRY_ATOL):
+    # np.allclose's default rtol (1e-5) and argument order as in the organizers' check
+    if not np.allclose(gt.spacing, pred.spacing, atol=GEOMETRY_ATOL):
         fmt = ", ".join(f"{v:.6g}" for v in pred.spacing)
         ref = ", ".join(f"{v:.6g}" for v in gt.spacing)
         return False, f"spacing ({fmt}) mm differs from the ground truth's ({ref})"
     resample = (
         pred.size != gt.size
-        or not np.allclose(pred.direction, gt.direction, rtol=0.0, atol=GEOMETRY_ATOL)
-        or not np.allclose(pred.origin, gt.origin, rtol=0.0, atol=GEOMETRY_ATOL)
+        or not np.allclose(pred.direction, gt.direction, atol=GEOMETRY_ATOL)
+        or not np.allclose(pred.origin, gt.origin, atol=GEOMETRY_ATOL)
     )
     return resample, None
 

@@ -162,6 +162,22 @@ def test_resampled_when_only_origin_and_size_differ(tmp_path):
     assert res["cases"][0]["dsc"] == 1.0 and res["cases"][0]["hd95"] == 0.0
 
 
+def test_geometry_tolerance_is_the_organizers_allclose(tmp_path):
+    """np.allclose(gt, pred, atol=1e-6) keeps numpy's rtol=1e-5: a spacing rounded to five
+    decimals (0.48828 for 0.48828125) is scored as is, and so is an origin 5e-4 mm off at
+    -120 mm; a 1e-4 relative spacing difference is still rejected."""
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[2:4, 4:10, 4:10] = 1
+    exact, rounded = (0.48828125, 0.48828125, 2.0), (0.48828, 0.48828, 2.0)
+    write_mask(tmp_path / "gt" / "5.nii.gz", gt, spacing=exact, origin=(-120.0, 0.0, 0.0))
+    write_mask(tmp_path / "pred" / "5.nii.gz", gt, spacing=rounded, origin=(-120.0005, 0.0, 0.0))
+    res = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert res["resampled"] == [] and res["cases"][0]["dsc"] == 1.0
+    write_mask(tmp_path / "pred" / "5.nii.gz", gt, spacing=(0.48823, 0.48828125, 2.0))
+    with pytest.raises(InputError, match="spacing"):
+        evaluate(tmp_path / "pred", tmp_path / "gt")
+
+
 # --------------------------------------------------------------------------- bad input
 
 
