@@ -33,7 +33,9 @@ from hntseg.cohort import PHASES, Patient, discover, expected_path, sort_key
 from hntseg.errors import InputError
 from hntseg.io import (
     Grid,
+    array,
     check_same_grid,
+    from_array,
     image_suffix,
     read_header,
     read_image,
@@ -242,24 +244,34 @@ def check_case(case: Case, channels: Sequence[str]) -> None:
             mask(src.mask, "mask for the gradient-map boxes")
 
 
-def _place_image(src: Path, dst: Path, what: str, is_mask: bool = False) -> None:
-    """Put a checked input at dst: linked when already .nii.gz (uint8 for masks), else
-    converted."""
-    if image_suffix(src) == FILE_ENDING and (not is_mask or _pixel_id(src) == sitk.sitkUInt8):
+def _place_image(src: Path, dst: Path, what: str, grid: Grid, is_mask: bool = False) -> None:
+    """Put a checked input at dst on exactly the T2's `grid`: linked when already .nii.gz
+    (uint8 for masks) with that exact geometry, else rewritten.
+
+    `check_case` accepts geometry within float noise of the T2's (1e-4); nnU-Net rejects a
+    case whose files differ by more than np.allclose's 1e-5 relative, so such files get the
+    T2's geometry here (the voxels are kept)."""
+    exact = grid.mismatch(read_header(src, what), tol=0.0) is None
+    if (
+        exact
+        and image_suffix(src) == FILE_ENDING
+        and (not is_mask or _pixel_id(src) == sitk.sitkUInt8)
+    ):
         link_or_copy(src, dst)
-    elif is_mask:
-        write_image(read_mask(src, what), dst)
-    else:
-        write_image(read_image(src, what), dst)
+        return
+    image = read_mask(src, what) if is_mask else read_image(src, what)
+    write_image(image if exact else from_array(array(image), grid), dst)
 
 
 def _write_case(case: Case, channels: Sequence[str], raw: Path, margin, seed: int) -> None:
     """Write one case's label and channel files (its inputs were checked by `check_case`)."""
-    _place_image(case.label, raw / "labelsTr" / f"{case.name}{FILE_ENDING}", "mask", True)
+    grid = read_header(case.t2, f"{case.phase} T2")
+    label = raw / "labelsTr" / f"{case.name}{FILE_ENDING}"
+    _place_image(case.label, label, "mask", grid, True)
     for i, (ch, src) in enumerate(zip(channels, case.channels, strict=True)):
         dst = raw / "imagesTr" / f"{case.name}_{i:04d}{FILE_ENDING}"
         if src.path is not None:
-            _place_image(src.path, dst, ch, src.is_mask)
+            _place_image(src.path, dst, ch, grid, src.is_mask)
             continue
         from hntseg.boxes import find_boxes, read_boxes
         from hntseg.gradmap import gradient_map

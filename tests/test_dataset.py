@@ -324,3 +324,38 @@ def test_missing_gradmaps_folder_is_one_line(cohort, tmp_path):
     result = runner.invoke(app, [*args, "--gradmaps", str(tmp_path / "nowhere")])
     _one_line_error(result, str(tmp_path / "nowhere"), "--gradmaps", "not found")
     assert not (tmp_path / "w" / "nnUNet_raw" / "Dataset015_HNTSMRG").exists()
+
+
+def test_near_grid_files_get_the_t2_geometry_exactly(cohort, tmp_path):
+    """A mask or channel within float noise of its T2's grid (3e-5 mm) passes the checks, and
+    is written with the T2's exact geometry: nnU-Net rejects a case whose files differ by more
+    than 1e-5 relative, which would stop `train` after the dataset was reported built."""
+    src = _cohort_copy(cohort, tmp_path / "c")
+    noisy = {
+        src / "1" / "midRT" / "1_midRT_mask.nii.gz": (3e-5, 0.0),
+        src / "2" / "midRT" / "2_preRT_T2_registered.nii.gz": (0.0, 2e-4),
+    }
+    for path, (dspacing, dorigin) in noisy.items():
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing([image.GetSpacing()[0] + dspacing, *image.GetSpacing()[1:]])
+        image.SetOrigin([image.GetOrigin()[0] + dorigin, *image.GetOrigin()[1:]])
+        sitk.WriteImage(image, str(path))
+    before = {p: p.read_bytes() for p in noisy}
+    work = tmp_path / "w"
+    build_dataset(src, work, 12, channels=["t2", "pre_t2_registered"], folds=3, seed=0)
+    raw = _raw(work, 12)
+    mask, pre_t2 = noisy
+    for written, source, t2 in [
+        (raw / "labelsTr" / "1_midRT.nii.gz", mask, src / "1" / "midRT" / "1_midRT_T2.nii.gz"),
+        (
+            raw / "imagesTr" / "2_midRT_0001.nii.gz",
+            pre_t2,
+            src / "2" / "midRT" / "2_midRT_T2.nii.gz",
+        ),
+    ]:
+        out, ref = sitk.ReadImage(str(written)), sitk.ReadImage(str(t2))
+        assert Grid.of(out) == Grid.of(ref), written
+        assert np.array_equal(
+            sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
+        )
+    assert {p: p.read_bytes() for p in noisy} == before  # inputs untouched (not linked)
