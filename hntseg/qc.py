@@ -19,7 +19,7 @@ from hntseg.boxes import BoxSet, boxes_path, read_boxes
 from hntseg.cohort import Patient
 from hntseg.errors import InputError
 from hntseg.figures import pyplot, save_png, window
-from hntseg.io import Grid, read_image, read_mask
+from hntseg.io import Grid, check_same_grid, read_image, read_mask
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
 MASK_COLOURS = ("yellow", "lime", "magenta", "orange")
@@ -80,6 +80,12 @@ def _slice_of(box, mask: np.ndarray | None) -> int:
         if counts.max() > 0:
             return box.start[0] + int(np.argmax(counts))
     return box.centre[0]
+
+
+def check_grids(t2: sitk.Image, t2_path: Path, images: Mapping[Path, sitk.Image]) -> None:
+    """InputError naming the first of these files that is not on the T2's grid."""
+    for path, image in images.items():
+        check_same_grid(t2, image, path, t2_path)
 
 
 def qc_case(
@@ -283,6 +289,9 @@ def qc_cohort(
         boxset = read_boxes(inputs["boxes"], Grid.of(t2))
         gm = read_image(inputs["gradmap"], "gradient map")
         masks = {k: read_mask(v) for k, v in mask_paths.items()}
+        check_grids(
+            t2, t2_path, {inputs["gradmap"]: gm, **{mask_paths[k]: masks[k] for k in masks}}
+        )
         qc_case(t2, boxset, gm, masks, target, title=f"patient {p.id} {phase}")
         write_record(rec, "qc", inputs, {}, [target])
         return True

@@ -170,3 +170,38 @@ def test_qc_quiet_prints_nothing(tmp_path):
     assert result.exit_code == 0 and result.output.strip() == "", result.output
     result = runner.invoke(app, ["qc", *single, "-o", str(tmp_path / "l.png")])
     assert result.exit_code == 0 and "wrote" in result.output, result.output
+
+
+def test_grid_errors_name_the_file(prepared, tmp_path):
+    """A gradient map or mask on another grid: the one-line error names that file (not
+    "gradient map" or the mask's legend name), in both forms."""
+    from hntseg.io import write_image
+
+    cohort, priors = prepared
+    root = tmp_path / "s"
+    single = _single_case(root)
+    small = make_image(np.zeros((8, 16, 15), np.uint8))
+    write_image(small, root / "wrong_mask.nii.gz")
+    write_image(make_image(np.zeros((8, 16, 15), np.float32)), root / "wrong_gm.nii.gz")
+    for args, name in [
+        ([single[0], single[1], str(root / "wrong_gm.nii.gz")], "wrong_gm.nii.gz"),
+        ([*single, "--mask", str(root / "wrong_mask.nii.gz")], "wrong_mask.nii.gz"),
+    ]:
+        result = runner.invoke(app, ["qc", *args, "--out", str(tmp_path / "x.png")])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and name in lines[0], result.output
+    # cohort form: the failed case's log line (wrapped by rich) names the mask
+    import shutil
+
+    copy = tmp_path / "c"
+    shutil.copytree(cohort / "1", copy / "1")
+    bad = copy / "1" / "midRT" / "1_midRT_mask.nii.gz"
+    image = sitk.ReadImage(str(bad))
+    image.SetSpacing([2 * v for v in image.GetSpacing()])
+    sitk.WriteImage(image, str(bad))
+    result = runner.invoke(
+        app, ["qc", "--cohort", str(copy), "--boxes", str(priors), "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 1 and str(bad) in "".join(
+        ln.strip() for ln in result.output.splitlines()
+    ), result.output

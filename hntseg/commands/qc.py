@@ -51,14 +51,16 @@ def add(app: typer.Typer) -> None:
                 raise InputError("qc: give T2 BOXES GRADMAP, or --cohort COHORT --boxes DIR")
             from hntseg.boxes import read_boxes
             from hntseg.io import Grid, read_image, read_mask
-            from hntseg.qc import check_png, mask_names, qc_case
+            from hntseg.qc import check_grids, check_png, mask_names, qc_case
 
             check_png(out)
             names = mask_names(mask or [])
             image = read_image(t2, "T2 image")
             boxset = read_boxes(boxes, Grid.of(image))
             masks = {name: read_mask(m) for name, m in names.items()}
-            qc_case(image, boxset, read_image(gradmap, "gradient map"), masks, out, t2.name)
+            gm = read_image(gradmap, "gradient map")
+            check_grids(image, t2, {gradmap: gm, **{names[n]: masks[n] for n in masks}})
+            qc_case(image, boxset, gm, masks, out, t2.name)
             status(f"wrote {out}")
             return
         if t2 is not None or boxes_dir is None:
