@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from hntseg.cohort import PHASES
 from hntseg.errors import InputError
-from hntseg.io import LABEL_NAMES, Grid, read_json, read_mask, write_json
+from hntseg.io import LABEL_NAMES, Grid, check_out_folder, read_json, read_mask, write_json
 from hntseg.log import log
 
 FORMAT = "hntseg-boxes/1"
@@ -302,6 +302,7 @@ def boxes_case(
         return None, False
     # the absolute path: the same mask and seed give the same bytes from any working folder
     boxset = find_boxes(read_mask(mask_path), margin, seed, str(Path(mask_path).resolve()))
+    rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
     write_boxes(out_path, boxset)
     write_record(
         rec, "boxes", inputs, params, [out_path], seed, extra={"n_boxes": len(boxset.boxes)}
@@ -355,6 +356,7 @@ def boxes_cohort(
     cohort = Path(cohort)
     phases = check_phases(phases)
     margin = parse_margin(margin)
+    check_out_folder(out)
     cases = _masks_for(cohort, registered, ids, phases)
     cases = shard_by_patient(cases, lambda c: c[0], num_parts, part_id)
     targets = {f"{pid}_{phase}": boxes_path(out, pid, phase) for pid, phase, _ in cases}

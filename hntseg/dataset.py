@@ -34,9 +34,12 @@ from hntseg.errors import InputError
 from hntseg.io import (
     Grid,
     array,
+    atomic_path,
+    check_out_folder,
     check_same_grid,
     from_array,
     image_suffix,
+    make_folder,
     read_header,
     read_image,
     read_json,
@@ -195,19 +198,21 @@ def plan_cases(
 
 
 def link_or_copy(src: Path, dst: Path) -> str:
-    """Hard-link src to dst (replacing dst), copying when linking is not possible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    """Hard-link src to dst (replacing dst), copying when linking is not possible. A
+    symlinked src is followed (Linux's link(2) would link the symlink itself, which dangles
+    in the dataset when its target is relative)."""
+    src = Path(os.path.realpath(src))
+    make_folder(dst.parent, dst.name)
     if dst.exists() or dst.is_symlink():
-        if dst.exists() and os.path.samefile(src, dst):
+        if dst.exists() and not dst.is_symlink() and os.path.samefile(src, dst):
             return "linked"
         dst.unlink()
     try:
         os.link(src, dst)
         return "linked"
     except OSError:
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copy2(src, tmp)
         return "copied"
 
 
@@ -336,6 +341,7 @@ def build_dataset(
     chans = parse_channels(channels)
     margin = parse_margin(margin)
     ds = dataset_name(dataset_id, name)
+    check_out_folder(work, "--work")
     paths = Paths(Path(work))
     raw, pre = paths.raw / ds, paths.preprocessed / ds
     if paths.raw.is_dir():

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hntseg.io import make_folder
 from hntseg.log import console
 
 SMOKE_BANNER = (
@@ -51,7 +52,7 @@ def run_demo(
     from hntseg.pipeline import STAGES, load_config, run_pipeline, summarize_run
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     data = demo_config(out, patients, register)
     if register != "provided":
         # registration needs a tumour in the pre-RT mask: leave tumour-free phantoms out

@@ -494,6 +494,7 @@ def evaluate(
     rows, info = score(pred_dir, gt_dir, metrics, hd95, allow_missing)
     summary = summarize(rows, metrics, hd95, info)
     if out is not None:
+        record.unlink(missing_ok=True)  # killed half-way: no old record vouches for new files
         csv_path = write_text(out / "cases.csv", cases_csv(rows))
         json_path = write_json(out / "summary.json", _jsonable(summary))
         written = [csv_path, json_path]

@@ -23,7 +23,7 @@ from scipy import ndimage
 from hntseg.boxes import Box, BoxSet, boxes_path, read_boxes
 from hntseg.cohort import PHASES, Patient
 from hntseg.errors import InputError
-from hntseg.io import Grid, from_array, read_image, write_image
+from hntseg.io import Grid, check_out_folder, from_array, read_image, write_image
 from hntseg.log import log
 
 
@@ -124,7 +124,9 @@ def gradmap_case(
     boxset = read_boxes(boxes_file, Grid.of(t2))
     if not boxset.boxes:
         log.warning(f"{boxes_file}: no boxes; the gradient map is all zeros")
-    write_image(gradient_map(t2, boxset, sigma, gain, sigma_mm, context), out_path)
+    image = gradient_map(t2, boxset, sigma, gain, sigma_mm, context)
+    rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
+    write_image(image, out_path)
     write_record(rec, "gradmap", inputs, params, [out_path], extra={"n_boxes": len(boxset.boxes)})
     return True
 
@@ -149,6 +151,7 @@ def gradmap_cohort(
     from hntseg.cohort import check_phases, discover, expected_path, run_cases, shard
 
     phases = check_phases(phases)
+    check_out_folder(out)
     patients = discover(cohort, required=(), ids=ids)
     # split by patient, as every per-case stage: a patient's phases share a part
     cases = [(p, phase) for p in shard(patients, num_parts, part_id) for phase in phases]

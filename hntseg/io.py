@@ -60,29 +60,62 @@ def strip_suffix(path: str | Path) -> str:
 # --------------------------------------------------------------------------- atomic writes
 
 
+TMP_PREFIX = ".hntseg-tmp-"  # temporary files of atomic writes (short: long names still fit)
+
+
+def make_folder(folder: str | Path, writing: str = "") -> Path:
+    """mkdir -p, with an OSError (a file in the way, permission, read-only file system, a
+    name too long) as a one-line InputError naming the folder."""
+    folder = Path(folder)
+    what = f"; cannot write {writing}" if writing else ""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{folder}: exists and is not a folder{what}") from None
+    except OSError as exc:
+        raise InputError(f"{folder}: {(exc.strerror or str(exc)).lower()}{what}") from None
+    return folder
+
+
+def check_out_folder(folder: str | Path, option: str = "--out") -> Path:
+    """Before any work: `folder` is a folder or can be made one by this user (nothing is
+    created), so a bad --out is one error, not one per case."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder}: {existing} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {folder}: {existing} is not writable")
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same extension); rename it into place on success."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; expected a file path to write")
+    make_folder(path.parent, path.name)
+    with contextlib.suppress(OSError):  # e.g. a name too long: the rename below says so
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; expected a file path to write")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError(
-            f"{path.parent}: exists and is not a folder; cannot write {path.name}"
-        ) from None
-    except PermissionError:
-        raise InputError(f"{path.parent}: permission denied; cannot write {path.name}") from None
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=image_suffix(path) or ".tmp", dir=path.parent
-    )
+        fd, tmp = tempfile.mkstemp(
+            prefix=TMP_PREFIX, suffix=image_suffix(path) or ".tmp", dir=path.parent
+        )
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise InputError(f"{path.parent}: {reason}; cannot write {path.name}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise InputError(f"{path}: {reason}; cannot write it") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hntseg.errors import InputError
+from hntseg.io import make_folder
 
 PLANNER = "nnUNetPlannerResEncM"
 PLANS = "nnUNetResEncUNetMPlans"
@@ -121,7 +122,7 @@ def set_environment(work: str | Path, workers: int | None = None, create: bool =
     paths = Paths(Path(work).resolve())
     if create:
         for folder in (paths.raw, paths.preprocessed, paths.results):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder)
     os.environ["nnUNet_raw"] = str(paths.raw)
     os.environ["nnUNet_preprocessed"] = str(paths.preprocessed)
     os.environ["nnUNet_results"] = str(paths.results)

@@ -42,7 +42,7 @@ from hntseg.config import (
 )
 from hntseg.engine import STATE_DIR, Context, Paths, Stage
 from hntseg.errors import HntsegError, InputError
-from hntseg.io import read_json, write_json
+from hntseg.io import make_folder, read_json, write_json
 from hntseg.log import console, log
 from hntseg.records import file_digest, versions
 from hntseg.stages import dataset_dir, default_stages
@@ -345,7 +345,7 @@ def run_pipeline(
         return record
 
     work = ctx.work
-    work.mkdir(parents=True, exist_ok=True)
+    make_folder(work)
     started = _now()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     suffix = f".part{part_id}of{num_parts}" if num_parts > 1 else ""

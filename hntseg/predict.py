@@ -257,6 +257,7 @@ def _cached_gradmap(case: PredictCase, t2: sitk.Image, margin: int, cache: Path)
     mask = read_mask(mask_path, "registered pre-RT mask")
     check_same_grid(t2, mask, mask_path, case.t2)
     image = gradient_map(t2, find_boxes(mask, margin, seed=None))
+    rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
     write_image(image, out)
     write_record(rec, "gradmap (ensemble-predict)", inputs, params, [out])
     return image
@@ -474,6 +475,7 @@ def ensemble_predict(
             t2, data, props = load_case(case, channels, margin, cache_dir)
             with quiet_stdout():
                 seg = model.predict(data, props)
+            rec.unlink(missing_ok=True)  # killed between the writes: no old record vouches
             _write_prediction(seg, t2, out_path)
             write_record(rec, "ensemble-predict", inputs, params, [out_path])
         except InputError as exc:

@@ -19,7 +19,7 @@ from hntseg.boxes import BoxSet, boxes_path, read_boxes
 from hntseg.cohort import Patient
 from hntseg.errors import InputError
 from hntseg.figures import pyplot, save_png, window
-from hntseg.io import Grid, check_same_grid, read_image, read_mask
+from hntseg.io import Grid, check_out_folder, check_same_grid, read_image, read_mask
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
 MASK_COLOURS = ("yellow", "lime", "magenta", "orange")
@@ -252,6 +252,7 @@ def qc_cohort(
 
     phases = check_phases(phases)
     cohort = Path(cohort)
+    check_out_folder(out)
     patients = discover(cohort, required=(), ids=ids)
     reg_root = Path(registered) if registered is not None else cohort
     reg = {p.id: p for p in patients}
@@ -292,6 +293,7 @@ def qc_cohort(
         check_grids(
             t2, t2_path, {inputs["gradmap"]: gm, **{mask_paths[k]: masks[k] for k in masks}}
         )
+        rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
         qc_case(t2, boxset, gm, masks, target, title=f"patient {p.id} {phase}")
         write_record(rec, "qc", inputs, {}, [target])
         return True

@@ -118,7 +118,10 @@ def is_done(
 ) -> bool:
     """True when the record matches these inputs and parameters and all its outputs exist."""
     record_path = Path(record_path)
-    if not record_path.is_file():
+    try:
+        if not record_path.is_file():
+            return False
+    except OSError:  # e.g. a name too long: not done; writing it then says why
         return False
     if any(v is not None and not Path(v).is_file() for v in inputs.values()):
         return False  # the stage itself then reports the missing input

@@ -39,6 +39,7 @@ from hntseg.io import (
     LABEL_NAMES,
     Grid,
     array,
+    check_out_folder,
     check_same_grid,
     from_array,
     read_image,
@@ -824,6 +825,7 @@ def register_cohort(
     # bad options or parameter files fail here, before any case; the maps are parsed once
     maps = check_options(method, preset, params, threads, workers)
     check_out_not_cohort(cohort, out)
+    check_out_folder(out)
     required = (
         ("midRT_T2", "preRT_T2_registered", "preRT_mask_registered")
         if method == "provided"

@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from hntseg.cohort import FILES, expected_path
 from hntseg.errors import InputError
-from hntseg.io import Grid, from_array, read_json, write_image, write_json
+from hntseg.io import Grid, from_array, make_folder, read_json, write_image, write_json
 from hntseg.log import log, progress
 from hntseg.records import case_seed, versions
 
@@ -454,7 +454,7 @@ def synth_cohort(
         raise InputError(f"--patients {patients}: must be at least 1")
     size, spacing = check_grid(size, spacing)
     check_synth_target(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     # JSON types (lists, not tuples), so the params compare equal to those read back
     params = {
         "seed": int(seed),
