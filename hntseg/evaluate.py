@@ -283,11 +283,14 @@ def score(
     metrics: Iterable[str] = METRICS,
     hd95: str = "pooled",
     allow_missing: bool = False,
+    cases: Sequence[tuple[str, Path | None, Path]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-case rows for every ground-truth case, and facts about the run (missing,
-    resampled cases). Nothing is written."""
+    resampled cases). Nothing is written. `cases`: `match_cases`'s result, if already made
+    (it warns about unmatched predictions; once is enough)."""
     metrics = _check_options(metrics, hd95)
-    cases = match_cases(pred_dir, gt_dir, allow_missing)
+    if cases is None:
+        cases = match_cases(pred_dir, gt_dir, allow_missing)
     check_headers(cases)
     rows: list[dict[str, Any]] = []
     resampled, missing = [], []
@@ -479,6 +482,7 @@ def evaluate(
         if "dsc" not in metrics:
             raise InputError("--figures: needs the dsc metric (--metrics ... dsc)")
         params["figures"] = True  # only when set, so earlier records still match
+    cases = None
     if out is not None:
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -491,7 +495,7 @@ def evaluate(
             summary = read_summary(out / "summary.json")
             summary["cases"] = read_cases_csv(out / "cases.csv")
             return summary
-    rows, info = score(pred_dir, gt_dir, metrics, hd95, allow_missing)
+    rows, info = score(pred_dir, gt_dir, metrics, hd95, allow_missing, cases)
     summary = summarize(rows, metrics, hd95, info)
     if out is not None:
         record.unlink(missing_ok=True)  # killed half-way: no old record vouches for new files

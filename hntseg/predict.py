@@ -256,7 +256,7 @@ def _cached_gradmap(case: PredictCase, t2: sitk.Image, margin: int, cache: Path)
         return sitk.ReadImage(str(out))
     mask = read_mask(mask_path, "registered pre-RT mask")
     check_same_grid(t2, mask, mask_path, case.t2)
-    image = gradient_map(t2, find_boxes(mask, margin, seed=None))
+    image = gradient_map(t2, find_boxes(mask, margin, seed=None, source=str(mask_path)))
     rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
     write_image(image, out)
     write_record(rec, "gradmap (ensemble-predict)", inputs, params, [out])

@@ -363,3 +363,22 @@ def test_missing_prediction_in_a_cohort_names_the_cohort_file(tiny_cohort, tmp_p
     (cohort / "3" / "midRT" / "3_preRT_mask_registered.nii.gz").unlink()
     line = one_line_error(runner.invoke(app, ["evaluate", str(cohort), str(cohort), "-m", "dsc"]))
     assert str(Path("3") / "midRT" / "3_preRT_mask_registered.nii.gz") in line
+
+
+def test_unmatched_prediction_warned_once_with_out(flat_pair, tmp_path):
+    import logging
+
+    from hntseg.log import log
+
+    pred_dir, gt_dir, gt, pred = flat_pair
+    write_mask(pred_dir / "1234.nii.gz", gt)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    log.addHandler(handler)
+    try:
+        evaluate(pred_dir, gt_dir, out=tmp_path / "o")
+    finally:
+        log.removeHandler(handler)
+    warned = [r for r in seen if "without ground truth" in r.getMessage()]
+    assert len(warned) == 1 and "1234" in warned[0].getMessage()

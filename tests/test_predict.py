@@ -284,3 +284,28 @@ def test_num_parts_predicts_only_this_part(work, tmp_path, monkeypatch):
     assert made == {0: ["1.nii.gz", "3.nii.gz", "5.nii.gz"], 1: ["2.nii.gz", "4.nii.gz"]}
     result = invoke([*args, "--out", str(tmp_path / "o"), "--num-parts", "2", "--part-id", "2"])
     assert_one_line_error(result, "--part-id 2")
+
+
+def test_empty_registered_mask_warning_names_the_file(tmp_path):
+    """No tumour in the registered mask: the gradient map is all zeros and the warning says
+    which file (in challenge mode it said only "mask")."""
+    import logging
+
+    from hntseg.log import log
+
+    t2 = sitk.GetImageFromArray(np.random.default_rng(0).random((4, 8, 8)).astype(np.float32))
+    mask = sitk.GetImageFromArray(np.zeros((4, 8, 8), np.uint8))
+    t2_path, mask_path = tmp_path / "t2.nii.gz", tmp_path / "empty_mask.nii.gz"
+    sitk.WriteImage(t2, str(t2_path))
+    sitk.WriteImage(mask, str(mask_path))
+    case = predict.PredictCase("1", t2_path, {"gradmap": mask_path}, gradmap_from_mask=True)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    log.addHandler(handler)
+    try:
+        image = predict._cached_gradmap(case, sitk.ReadImage(str(t2_path)), 4, tmp_path / "c")
+    finally:
+        log.removeHandler(handler)
+    assert not sitk.GetArrayFromImage(image).any()
+    assert any(str(mask_path) in r.getMessage() for r in seen if r.levelno == logging.WARNING)
