@@ -241,8 +241,8 @@ def check_case(case: Case, channels: Sequence[str]) -> None:
     for ch, src in zip(channels, case.channels, strict=True):
         if src.path is not None and src.is_mask:
             mask(src.path, ch)
-        elif src.path is not None:
-            check_same_grid(grid, read_header(src.path, ch), src.path, case.t2)
+        elif src.path is not None:  # read whole: NaN / inf / empty images are refused too
+            check_same_grid(grid, read_image(src.path, ch), src.path, case.t2)
         elif src.boxes is not None:
             read_boxes(src.boxes, grid)
         else:

@@ -359,3 +359,22 @@ def test_near_grid_files_get_the_t2_geometry_exactly(cohort, tmp_path):
             sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
         )
     assert {p: p.read_bytes() for p in noisy} == before  # inputs untouched (not linked)
+
+
+@pytest.mark.parametrize("channels", ["t2", "t2,gradmap"])
+def test_nan_t2_is_refused_before_anything_is_written(cohort, tmp_path, channels):
+    """A NaN in a T2 that is only linked (no gradient map computed from it) went into the
+    dataset; with a gradient map it was found half-way through writing."""
+    src = _cohort_copy(cohort, tmp_path / "c")
+    t2 = src / "2" / "midRT" / "2_midRT_T2.nii.gz"
+    image = sitk.ReadImage(str(t2), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(image)
+    arr[0, 0, 0] = np.nan
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(t2))
+    work = tmp_path / "w"
+    args = ["build-dataset", str(src), "--work", str(work), "--dataset-id", "13", "--folds", "3"]
+    _one_line_error(runner.invoke(app, [*args, "--channels", channels]), str(t2), "NaN")
+    raw = _raw(work, 13)
+    assert not (raw / "labelsTr").exists() or not any((raw / "labelsTr").iterdir())
