@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hntseg.errors import HntsegError, InputError, StageError
-from hntseg.io import read_header
+from hntseg.io import read_header, require_file
 from hntseg.log import log, progress
 
 T = TypeVar("T")
@@ -122,7 +122,9 @@ def discover(
         files: dict[str, Path | None] = {}
         for key in FILES:
             hits = [expected_path(root, pid, key, sfx) for sfx in SUFFIXES]
-            hits = [h for h in hits if h.is_file()]
+            hits = [h for h in hits if h.exists() or h.is_symlink()]
+            for h in hits:  # a folder or a broken symlink under an image's name: say so
+                require_file(h, key)
             if len(hits) > 1:
                 raise InputError(
                     f"{hits[0]}: also {hits[1].name}; keep one file per image (patient {pid})"

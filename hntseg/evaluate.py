@@ -37,6 +37,7 @@ from hntseg.io import (
     read_header,
     read_json,
     read_mask,
+    require_file,
     resample_to,
     strip_suffix,
     write_json,
@@ -91,12 +92,10 @@ def find_masks(folder: str | Path, role: str = "prediction") -> dict[str, Path]:
         raise InputError(f"{folder}: {role} folder not found")
     if not folder.is_dir():
         raise InputError(f"{folder}: {role} folder is not a folder")
-    files = sorted(
-        p
+    files = sorted(  # a folder or broken symlink with a mask's name is an error, not skipped
+        require_file(p, f"{role} mask")
         for p in folder.iterdir()
-        if p.is_file()
-        and not p.name.startswith(".")
-        and any(p.name.lower().endswith(s) for s in IMAGE_SUFFIXES)
+        if not p.name.startswith(".") and any(p.name.lower().endswith(s) for s in IMAGE_SUFFIXES)
     )
     found: dict[str, Path] = {}
     if files:

@@ -145,11 +145,24 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def require_file(path: str | Path, what: str) -> Path:
+    """`path` as a readable file, else a one-line InputError that says what is wrong: not
+    there, a folder, a broken symlink, or not readable by this user."""
+    path = Path(path)
+    if path.is_file():
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{path}: {what} is not readable (permission denied)")
+        return path
+    if path.is_dir():
+        raise InputError(f"{path}: {what} is a folder, expected a file")
+    if path.is_symlink():
+        raise InputError(f"{path}: {what} is a broken symlink (to {os.readlink(path)})")
+    raise InputError(f"{path}: {what} not found")
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Read JSON, turning a missing or malformed file into a one-line InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
+    path = require_file(path, what)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -173,35 +186,52 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
 
 
 def read_image(path: str | Path, what: str = "image") -> sitk.Image:
-    """Read a 3D image; missing, unreadable, non-3D, empty or NaN images are InputErrors."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
+    """Read a 3D image; missing, unreadable, truncated, non-3D, empty or NaN images are
+    InputErrors."""
+    path = require_file(path, what)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"{path}: cannot read {what} ({first})") from None
     validate_image(image, path, what)
-    if image.GetPixelID() not in _INT_TYPES and _nifti_nonfinite(path):
-        raise InputError(f"{path}: {what} contains NaN or infinite values")
+    problem = _nifti_problem(path)
+    if problem:
+        raise InputError(f"{path}: {what} {problem}")
     return image
 
 
-def _nifti_nonfinite(path: Path) -> bool:
-    """NaN or inf in a float NIfTI file. ITK's NIfTI reader turns NaN into 0, so the array
-    SimpleITK returns cannot show them; nibabel reads the stored values."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return False
+def _nifti_problem(path: Path) -> str | None:
+    """What ITK's NIfTI reader hides: a file cut short (read as zeros) and, in float files,
+    NaN or inf (read as 0). nibabel reads the stored bytes; None when fine or not NIfTI."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    import gzip
+    import zlib
+
     import nibabel
 
     try:
         nii = nibabel.load(str(path))
-        if nii.header.get_data_dtype().kind != "f":
-            return False
-        return not np.isfinite(nii.dataobj.get_unscaled()).all()
-    except Exception:  # what ITK read, nibabel may not: keep ITK's reading
-        return False
+        dtype = nii.header.get_data_dtype()
+        expected = int(nii.header["vox_offset"]) + int(np.prod(nii.shape)) * dtype.itemsize
+    except Exception:  # what ITK read, nibabel may not parse: keep ITK's reading
+        return None
+    short = "is truncated or corrupt"
+    try:
+        if dtype.kind == "f":
+            if not np.isfinite(nii.dataobj.get_unscaled()).all():
+                return "contains NaN or infinite values"
+            return None
+        if not name.endswith(".gz"):
+            size = path.stat().st_size
+            return f"{short} ({size} of {expected} bytes)" if size < expected else None
+        with gzip.open(path, "rb") as f:  # count the decompressed bytes, in chunks
+            size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 22), b""))
+        return f"{short} ({size} of {expected} bytes)" if size < expected else None
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        return f"{short} ({type(exc).__name__})"
 
 
 def validate_image(image: sitk.Image, path: str | Path, what: str = "image") -> None:
@@ -246,9 +276,7 @@ def validate_mask(image: sitk.Image, path: str | Path, what: str = "mask") -> si
 
 def read_header(path: str | Path, what: str = "image") -> Grid:
     """Read only the geometry of an image file (fast)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
+    path = require_file(path, what)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

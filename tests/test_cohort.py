@@ -165,3 +165,19 @@ def test_empty_phase_folders_of_a_killed_run_are_not_a_patient(tiny_cohort, tmp_
     shutil.copytree(tiny_cohort / "1", root / "1")
     (root / "2" / "midRT").mkdir(parents=True)  # what a killed registration can leave
     assert [p.id for p in discover(root)] == ["1"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink"])
+def test_folder_or_broken_link_under_an_image_name_is_named(tiny_cohort, tmp_path, kind):
+    """It was taken as absent: "missing" or, for an optional file, silently skipped."""
+    root = tmp_path / "c"
+    shutil.copytree(tiny_cohort / "1", root / "1")
+    bad = root / "1" / "midRT" / "1_midRT_mask.nii.gz"
+    bad.unlink()
+    if kind == "folder":
+        bad.mkdir()
+    else:
+        bad.symlink_to("elsewhere.nii.gz")
+    what = "is a folder" if kind == "folder" else "is a broken symlink"
+    with pytest.raises(InputError, match=f"1_midRT_mask.nii.gz: midRT_mask {what}"):
+        discover(root, required=())

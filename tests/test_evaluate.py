@@ -382,3 +382,18 @@ def test_unmatched_prediction_warned_once_with_out(flat_pair, tmp_path):
         log.removeHandler(handler)
     warned = [r for r in seen if "without ground truth" in r.getMessage()]
     assert len(warned) == 1 and "1234" in warned[0].getMessage()
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink"])
+def test_unreadable_ground_truth_is_an_error_not_an_absent_case(flat_pair, kind):
+    """A folder or broken symlink under a mask's name was skipped, and the patient silently
+    dropped from the scores."""
+    pred_dir, gt_dir, gt, pred = flat_pair
+    bad = gt_dir / "3_midRT_mask.nii.gz"
+    if kind == "folder":
+        bad.mkdir()
+    else:
+        bad.symlink_to("nowhere.nii.gz")
+    write_mask(pred_dir / "3.nii.gz", gt)
+    with pytest.raises(InputError, match="3_midRT_mask.nii.gz: ground truth mask is a"):
+        evaluate(pred_dir, gt_dir)

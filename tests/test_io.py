@@ -184,3 +184,31 @@ def test_record_outputs_hold_from_another_folder_and_inputs_must_exist(tmp_path,
     assert not is_done(rec, {"src": src}, {"p": 2})
     src.unlink()
     assert not is_done(rec, {"src": src}, {"p": 1})  # no hashing of a missing file
+
+
+@pytest.mark.parametrize("name", ["a.nii", "a.nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_truncated_nifti_is_an_error_not_zeros(tmp_path, name, dtype):
+    """ITK reads a NIfTI cut short with zeros for the missing slices and no error."""
+    arr = (np.random.default_rng(0).random((10, 20, 20)) * 2).astype(dtype)
+    path = write_image(make_image(arr), tmp_path / name)
+    read_image(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=f"{name}: image is truncated or corrupt"):
+        read_image(path)
+
+
+def test_what_is_wrong_with_a_path_is_said(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "folder.nii.gz").mkdir()
+    (tmp_path / "dangling.nii.gz").symlink_to("gone.nii.gz")
+    with pytest.raises(InputError, match="folder.nii.gz: mask is a folder"):
+        read_mask(tmp_path / "folder.nii.gz")
+    with pytest.raises(InputError, match=r"dangling.nii.gz: T2 is a broken symlink \(to gone"):
+        read_image(tmp_path / "dangling.nii.gz", "T2")
+    path = write_image(make_image(np.zeros((2, 3, 4), np.uint8)), tmp_path / "m.nii.gz")
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # root can read anything
+    with pytest.raises(InputError, match="m.nii.gz: mask is not readable"):
+        read_mask(path)
