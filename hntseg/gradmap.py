@@ -13,6 +13,7 @@ method's default); the rescale still uses the box alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -58,6 +59,24 @@ def box_gradient(
     return np.minimum(scaled * gain, 1.0).astype(np.float32)
 
 
+MAX_SIGMA = 100.0  # voxels (and mm for sigma_mm): the kernel reaches 4 sigma
+
+
+def check_params(
+    sigma: float, gain: float, sigma_mm: float | None = None, context: int = 0
+) -> None:
+    """sigma (voxels) and sigma_mm in (0, 100], gain finite and >= 0, context >= 0; NaN
+    and inf are refused (NaN passed every comparison, inf crashed scipy)."""
+    sigmas = [sigma] if sigma_mm is None else [sigma, sigma_mm]
+    if not all(math.isfinite(v) and 0 < v <= MAX_SIGMA for v in sigmas):
+        # sigma 0 would skip scipy's derivative: the "gradient map" would be the intensity
+        raise InputError(f"--sigma and --sigma-mm must be > 0 and at most {MAX_SIGMA:g}")
+    if not math.isfinite(gain) or gain < 0:
+        raise InputError("--gain must be finite and >= 0")
+    if context < 0:
+        raise InputError("--context must be >= 0")
+
+
 def gradient_map(
     t2: sitk.Image,
     boxes: BoxSet,
@@ -76,9 +95,7 @@ def gradient_map(
     problem = Grid.of(t2).mismatch(boxes.grid)
     if problem:
         raise InputError(f"{where}: boxes are not on the grid of the T2: {problem}")
-    if sigma <= 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
-        # sigma 0 would skip scipy's derivative: the "gradient map" would be the intensity
-        raise InputError("sigma and sigma-mm must be > 0, gain and context >= 0")
+    check_params(sigma, gain, sigma_mm, context)
     if t2.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("T2: vector image, expected a scalar image")
     arr = sitk.GetArrayViewFromImage(t2)  # (z, y, x), no copy

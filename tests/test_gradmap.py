@@ -133,6 +133,25 @@ def test_sigma_zero_is_rejected():
         gradient_map(image, boxset, sigma=0.0)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sigma": float("nan")},
+        {"sigma": float("inf")},
+        {"sigma": 1e9},
+        {"sigma_mm": float("nan")},
+        {"gain": float("inf")},
+        {"gain": float("nan")},
+    ],
+)
+def test_nan_and_inf_options_are_rejected(kwargs):
+    """NaN passed every `<= 0` test (and gave NaN maps), inf crashed scipy."""
+    image = make_image(t2_array(0))
+    boxset = BoxSet([Box(1, (0, 0, 0), (4, 9, 9))], Grid.of(image))
+    with pytest.raises(InputError, match="--(sigma|gain)"):
+        gradient_map(image, boxset, **kwargs)
+
+
 def test_no_boxes_all_zero():
     image = make_image(t2_array(0))
     out = sitk.GetArrayFromImage(gradient_map(image, BoxSet([], Grid.of(image))))

@@ -49,10 +49,9 @@ def add(app: typer.Typer) -> None:
         """Gradient magnitude of the T2 inside the boxes, rescaled 0-1, x gain, clipped at 1."""
         from hntseg.commands.boxes import _ids, _phases
         from hntseg.errors import InputError
-        from hntseg.gradmap import gradmap_case, gradmap_cohort
+        from hntseg.gradmap import check_params, gradmap_case, gradmap_cohort
 
-        if sigma <= 0 or gain < 0 or context < 0 or (sigma_mm is not None and sigma_mm <= 0):
-            raise InputError("--sigma and --sigma-mm must be > 0, --gain and --context >= 0")
+        check_params(sigma, gain, sigma_mm, context)
         if cohort is None:
             if t2 is None or boxes is None or boxes_dir is not None:
                 raise InputError("gradmap: give T2 and BOXES, or --cohort COHORT --boxes DIR")
