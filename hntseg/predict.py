@@ -294,6 +294,22 @@ def load_case(
 # --------------------------------------------------------------------------- model
 
 
+def _load_failure(folder: Path, folds: Sequence[int], checkpoint: str, exc: Exception) -> str:
+    """Why the model did not load: the first fold checkpoint torch cannot read, else the
+    model folder and nnU-Net's error (its last line)."""
+    import torch
+
+    for f in folds:
+        path = folder / f"fold_{f}" / checkpoint
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as bad:
+            reason = str(bad).strip().splitlines()[-1] if str(bad).strip() else type(bad).__name__
+            return f"{path}: cannot load the checkpoint ({reason[:200]})"
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return f"{folder}: cannot load the model ({reason[:200]})"
+
+
 class Ensemble:
     """One nnU-Net predictor with every fold loaded; predicts a case, averaging the folds."""
 
@@ -328,9 +344,12 @@ class Ensemble:
             verbose_preprocessing=False,
             allow_tqdm=False,
         )
-        self.predictor.initialize_from_trained_model_folder(
-            str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint
-        )
+        try:
+            self.predictor.initialize_from_trained_model_folder(
+                str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint
+            )
+        except Exception as exc:  # a damaged checkpoint: say which, in one line
+            raise InputError(_load_failure(folder, folds, checkpoint, exc)) from None
 
     def predict(self, data: np.ndarray, props: dict[str, Any]) -> np.ndarray:
         """Channels (c, z, y, x) -> label array (z, y, x) uint8 on the input grid."""

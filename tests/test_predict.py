@@ -309,3 +309,19 @@ def test_empty_registered_mask_warning_names_the_file(tmp_path):
         log.removeHandler(handler)
     assert not sitk.GetArrayFromImage(image).any()
     assert any(str(mask_path) in r.getMessage() for r in seen if r.levelno == logging.WARNING)
+
+
+def test_damaged_checkpoint_is_one_line_naming_it(tmp_path, monkeypatch):
+    """torch.load's traceback (exit 1) became one line naming the checkpoint (exit 2)."""
+    monkeypatch.undo()  # the real Ensemble
+    import torch
+
+    from hntseg.errors import InputError
+
+    folder = fake_model(tmp_path, folds=[0, 1])
+    torch.save({"not": "nnU-Net's"}, folder / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(InputError, match="fold_1/checkpoint_final.pth: cannot load the checkpoint"):
+        predict.Ensemble(folder, [0, 1], torch.device("cpu"), tta=False)
+    torch.save({"not": "nnU-Net's"}, folder / "fold_1" / "checkpoint_final.pth")
+    with pytest.raises(InputError, match="__3d_fullres: cannot load the model"):
+        predict.Ensemble(folder, [0, 1], torch.device("cpu"), tta=False)
