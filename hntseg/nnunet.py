@@ -100,6 +100,8 @@ class Paths:
 
 def find_dataset(work: str | Path, dataset_id: int, what: str = "dataset") -> str:
     """The existing DatasetNNN_* name under WORK/nnUNet_raw (InputError if none or several)."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise InputError(f"--dataset-id {dataset_id}: must be 1..999 (nnU-Net's three digits)")
     raw = Paths(Path(work)).raw
     prefix = f"Dataset{int(dataset_id):03d}_"
     found = sorted(p.name for p in raw.glob(prefix + "*") if p.is_dir()) if raw.is_dir() else []
@@ -110,6 +112,12 @@ def find_dataset(work: str | Path, dataset_id: int, what: str = "dataset") -> st
     if len(found) > 1:
         raise InputError(f"{raw}: several datasets with id {dataset_id}: {', '.join(found)}")
     return found[0]
+
+
+def check_workers(workers: int | None) -> None:
+    """--workers: None (the machine's default) or >= 0."""
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 0):
+        raise InputError(f"--workers {workers}: must be >= 0 (0 = no worker processes)")
 
 
 def set_environment(work: str | Path, workers: int | None = None, create: bool = True) -> Paths:
@@ -129,7 +137,8 @@ def set_environment(work: str | Path, workers: int | None = None, create: bool =
     ext = os.environ.get("nnUNet_extTrainer", "")
     if str(TRAINERS_DIR) not in ext.split(os.pathsep):
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(TRAINERS_DIR), ext) if p)
-    n = default_workers() if workers is None else max(0, int(workers))
+    check_workers(workers)
+    n = default_workers() if workers is None else int(workers)
     if workers is not None or "nnUNet_n_proc_DA" not in os.environ:
         os.environ["nnUNet_n_proc_DA"] = str(n)
     if workers is not None or "nnUNet_def_n_proc" not in os.environ:

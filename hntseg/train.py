@@ -30,6 +30,7 @@ from hntseg.nnunet import (
     PLANS,
     SHORT_TRAINER,
     check_device,
+    check_workers,
     describe_device,
     find_dataset,
     model_folder,
@@ -39,6 +40,27 @@ from hntseg.nnunet import (
 from hntseg.records import is_done, write_record
 
 PREPROCESS_RECORD = "hntseg_preprocess.record.json"
+
+
+CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres", "3d_cascade_fullres")  # nnU-Net's names
+GPU_MEMORY_RANGE = (2.0, 1024.0)  # GB; below about 2 the ResEnc planner never settles
+
+
+def check_plan_options(
+    gpu_memory_target: float | None, configuration: str, workers: int | None
+) -> None:
+    """Planner options, before any work (a negative memory target made the planner loop
+    forever; an unknown configuration was found after planning)."""
+    low, high = GPU_MEMORY_RANGE
+    if gpu_memory_target is not None and not (
+        math.isfinite(gpu_memory_target) and low <= gpu_memory_target <= high
+    ):
+        raise InputError(f"--gpu-memory-target {gpu_memory_target}: must be {low:g}..{high:g} (GB)")
+    if configuration not in CONFIGURATIONS:
+        raise InputError(
+            f"--configuration {configuration!r}: expected one of {', '.join(CONFIGURATIONS)}"
+        )
+    check_workers(workers)
 
 
 def plan_and_preprocess(
@@ -57,6 +79,7 @@ def plan_and_preprocess(
     `patch_size` or `batch_size` for tests) before preprocessing.
     """
     check_plans_override(plans_override)
+    check_plan_options(gpu_memory_target, configuration, workers)
     name = find_dataset(work, dataset_id)  # before any folder is created
     paths = set_environment(work, workers)
     raw, pre = paths.raw / name, paths.preprocessed / name
@@ -244,6 +267,7 @@ def train(
         raise InputError("--continue and --force: choose one")
     check_device(device)
     check_plans_override(plans_override)
+    check_plan_options(gpu_memory_target, configuration, workers)
     # every check before any folder is created (a typo'd WORK must leave nothing behind)
     name = find_dataset(work, dataset_id)
     paths = set_environment(work, workers, create=False)

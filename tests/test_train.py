@@ -28,6 +28,11 @@ def _one_line(result) -> str:
         ([], "no dataset with id 11"),
         (["--device", "gpu"], "--device 'gpu'"),
         (["--patch-size", "48,192"], "patch_size [48, 192]: expected 3"),
+        (["--gpu-memory-target", "-1"], "--gpu-memory-target -1.0: must be 2..1024"),
+        (["--gpu-memory-target", "nan"], "--gpu-memory-target nan"),
+        (["--configuration", "bogus"], "--configuration 'bogus'"),
+        (["--workers", "-1"], "--workers -1: must be >= 0"),
+        (["--dataset-id", "1000"], "--dataset-id 1000: must be 1..999"),
     ],
 )
 def test_train_user_errors_create_nothing(tmp_path, extra, message):
