@@ -35,6 +35,7 @@ from hntseg.io import (
     Grid,
     array,
     atomic_path,
+    check_not_constant,
     check_out_folder,
     check_same_grid,
     from_array,
@@ -242,7 +243,10 @@ def check_case(case: Case, channels: Sequence[str]) -> None:
         if src.path is not None and src.is_mask:
             mask(src.path, ch)
         elif src.path is not None:  # read whole: NaN / inf / empty images are refused too
-            check_same_grid(grid, read_image(src.path, ch), src.path, case.t2)
+            image = read_image(src.path, ch)
+            check_same_grid(grid, image, src.path, case.t2)
+            if ch in ("t2", "pre_t2_registered"):
+                check_not_constant(image, src.path, ch)
         elif src.boxes is not None:
             read_boxes(src.boxes, grid)
         else:

@@ -24,7 +24,14 @@ from scipy import ndimage
 from hntseg.boxes import Box, BoxSet, boxes_path, read_boxes
 from hntseg.cohort import PHASES, Patient
 from hntseg.errors import InputError
-from hntseg.io import Grid, check_out_folder, from_array, read_image, write_image
+from hntseg.io import (
+    Grid,
+    check_not_constant,
+    check_out_folder,
+    from_array,
+    read_image,
+    write_image,
+)
 from hntseg.log import log
 
 
@@ -138,6 +145,7 @@ def gradmap_case(
     if not force and is_done(rec, inputs, params):
         return False
     t2 = read_image(t2_path, "T2 image")
+    check_not_constant(t2, t2_path, "T2 image")
     boxset = read_boxes(boxes_file, Grid.of(t2))
     if not boxset.boxes:
         log.warning(f"{boxes_file}: no boxes; the gradient map is all zeros")

@@ -248,6 +248,14 @@ def validate_image(image: sitk.Image, path: str | Path, what: str = "image") -> 
             raise InputError(f"{path}: {what} contains NaN or infinite values")
 
 
+def check_not_constant(image: sitk.Image, path: str | Path, what: str = "T2") -> None:
+    """An MRI whose voxels are all one value (a blank export) is an InputError: its
+    gradient map would be all ones in every box and its registration meaningless."""
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.size and arr.min() == arr.max():
+        raise InputError(f"{path}: {what} is constant (every voxel {arr.flat[0]:g}), not an MRI")
+
+
 def read_mask(path: str | Path, what: str = "mask") -> sitk.Image:
     """Read a tumour mask and return it as uint8 after validation."""
     image = read_image(path, what)

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from hntseg.errors import InputError, StageError
 from hntseg.io import (
     Grid,
+    check_not_constant,
     check_same_grid,
     image_suffix,
     read_image,
@@ -268,6 +269,7 @@ def load_case(
 ) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
     """(mid-RT T2, channels array (c, z, y, x) float32, nnU-Net image properties)."""
     t2 = read_image(case.t2, "mid-RT T2")
+    check_not_constant(t2, case.t2, "mid-RT T2")
     arrays = []
     for ch in channels:
         if ch == "t2":

@@ -39,6 +39,7 @@ from hntseg.io import (
     LABEL_NAMES,
     Grid,
     array,
+    check_not_constant,
     check_out_folder,
     check_same_grid,
     from_array,
@@ -468,9 +469,21 @@ def case_outputs(out: str | Path, case_id: str) -> dict[str, Path]:
     }
 
 
-def _check_inputs(pre_t2: Path, pre_mask: Path, mid_t2: Path) -> tuple[sitk.Image, ...]:
+MIN_VOXELS = 4  # per axis: elastix's and SimpleITK's smoothing pyramids need at least 4
+
+
+def _check_inputs(
+    pre_t2: Path, pre_mask: Path, mid_t2: Path, method: str = "elastix"
+) -> tuple[sitk.Image, ...]:
     fixed = read_image(mid_t2, "mid-RT T2")
     moving = read_image(pre_t2, "pre-RT T2")
+    for image, path, what in ((fixed, mid_t2, "mid-RT T2"), (moving, pre_t2, "pre-RT T2")):
+        check_not_constant(image, path, what)
+        if method == "elastix" and min(image.GetSize()) < MIN_VOXELS:
+            raise InputError(
+                f"{path}: {what} has size {image.GetSize()}; registration needs at least "
+                f"{MIN_VOXELS} voxels along every axis"
+            )
     mask = read_mask(pre_mask, "pre-RT mask")
     check_same_grid(moving, mask, pre_mask, pre_t2)
     if not array(mask).any():
@@ -664,7 +677,7 @@ def _register_case(
         identity_t2 = identity_mask = None
     else:
         pre_t2, pre_mask = inputs["preRT_T2"], inputs["preRT_mask"]
-        fixed, moving, mask = _check_inputs(pre_t2, pre_mask, mid_t2)
+        fixed, moving, mask = _check_inputs(pre_t2, pre_mask, mid_t2, method)
         gt = _read_mid_mask(mid_mask, fixed, mid_t2)
         grid = Grid.of(fixed)
         identity_t2 = resample_to(moving, grid, nearest=False)

@@ -273,3 +273,17 @@ def test_cli_cohort_form(prepared, tmp_path):
     assert not gradmap_path(out, "3", "preRT").exists()
     rec = json.loads((out / "3" / "3_midRT_gradmap.record.json").read_text())
     assert rec["params"]["context"] == 3 and rec["stage"] == "gradmap"
+
+
+def test_constant_t2_is_refused(tmp_path):
+    """A blank T2 gave a map of all ones inside every box, silently."""
+    from hntseg.boxes import write_boxes
+    from hntseg.gradmap import gradmap_case
+    from hntseg.io import write_image
+
+    image = make_image(np.zeros((4, 9, 9), np.float32))
+    write_image(image, tmp_path / "t2.nii.gz")
+    write_boxes(tmp_path / "b.json", BoxSet([Box(1, (0, 0, 0), (4, 9, 9))], Grid.of(image)))
+    with pytest.raises(InputError, match="t2.nii.gz: T2 image is constant"):
+        gradmap_case(tmp_path / "t2.nii.gz", tmp_path / "b.json", tmp_path / "g.nii.gz")
+    assert not (tmp_path / "g.nii.gz").exists()

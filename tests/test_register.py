@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from hntseg.cli import app
 from hntseg.cohort import expected_path
 from hntseg.errors import StageError
-from hntseg.io import Grid, array, from_array, read_json, read_mask, write_image
+from hntseg.io import Grid, array, from_array, read_image, read_json, read_mask, write_image
 from hntseg.records import case_seed
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -198,7 +198,14 @@ def test_bad_inputs_give_one_line_errors(cohort, tmp_path):
                                                           (1, 0, 0, 0, 1, 0, 0, 0, 1)))  # fmt: skip
     write_image(other, tmp_path / "other.nii.gz")
     (tmp_path / "bad.txt").write_text('(Metric "AdvancedMattesMutualInformation")\n')
+    mid = read_image(mid_t2)
+    write_image(from_array(np.zeros_like(array(mid)), mid), tmp_path / "blank.nii.gz")
+    thin = sitk.Image([16, 16, 3], sitk.sitkFloat32) + 1.0
+    thin[2, 3, 1] = 5.0
+    write_image(thin, tmp_path / "thin.nii.gz")
     cases = [
+        ((pre_t2, pre_mask, tmp_path / "blank.nii.gz"), (), "is constant (every voxel 0)"),
+        ((pre_t2, pre_mask, tmp_path / "thin.nii.gz"), (), "at least 4 voxels along every"),
         ((tmp_path / "missing.nii.gz", pre_mask, mid_t2), (), "not found"),
         ((pre_t2, pre_mask, tmp_path / "flat.nii.gz"), (), "is 2D, expected 3D"),
         ((pre_t2, tmp_path / "empty.nii.gz", mid_t2), (), "mask is empty"),
