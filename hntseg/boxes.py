@@ -320,7 +320,7 @@ def _masks_for(
     reg_root = Path(registered) if registered is not None else cohort
     reg = {p.id: p for p in patients}
     if "midRT" in phases and reg_root.resolve() != cohort.resolve():
-        reg = {p.id: p for p in discover(reg_root, required=())}
+        reg = {p.id: p for p in discover(reg_root, required=(), what="--registered folder")}
     cases = []
     for p in patients:
         for phase in phases:

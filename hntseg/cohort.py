@@ -96,17 +96,19 @@ def discover(
     required: Sequence[str] = DEFAULT_REQUIRED,
     ids: Iterable[str] | None = None,
     check_readable: bool = True,
+    what: str = "cohort folder",
 ) -> list[Patient]:
-    """List the patients under `root` and, per patient, which files exist.
+    """List the patients under `root` and, per patient, which files exist. `what` names
+    the folder in errors (e.g. "--registered folder").
 
     A missing `required` file, or an existing file whose header cannot be read, is an
     InputError naming the path; optional files may be absent.
     """
     root = Path(root)
     if not root.exists():
-        raise InputError(f"{root}: cohort folder not found")
+        raise InputError(f"{root}: {what} not found")
     if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+        raise InputError(f"{root}: {what} is not a folder")
     pids = sorted(
         (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
         key=sort_key,
@@ -193,6 +195,7 @@ def run_cases(stage: str, cases: Iterable[tuple[str, T]], work: Callable[[T], bo
     """
     done: list[str] = []
     failed: list[str] = []
+    first = ""
     skipped = 0
     for key, case in progress(list(cases), stage):
         try:
@@ -200,11 +203,14 @@ def run_cases(stage: str, cases: Iterable[tuple[str, T]], work: Callable[[T], bo
         except HntsegError as exc:
             log.error(str(exc))
             failed.append(key)
+            first = first or str(exc)
             continue
         skipped += not ran
         done.append(key)
     if skipped:
         log.info(f"{stage}: {skipped} case(s) already done (use --force to redo)")
     if failed:
-        raise StageError(f"{stage}: {len(failed)} case(s) failed: {', '.join(failed)}")
+        raise StageError(  # the first reason too: the log lines may be far above
+            f"{stage}: {len(failed)} case(s) failed: {', '.join(failed)}; first: {first}"
+        )
     return done

@@ -154,7 +154,8 @@ def plan_cases(
     if reg_root.resolve() == Path(cohort).resolve():
         reg = {p.id: p for p in patients}
     else:
-        reg = {p.id: p for p in discover(reg_root, required=(), check_readable=False)}
+        found = discover(reg_root, required=(), check_readable=False, what="--registered folder")
+        reg = {p.id: p for p in found}
     cases = []
     for patient in patients:
         pid = patient.id

@@ -287,3 +287,18 @@ def test_constant_t2_is_refused(tmp_path):
     with pytest.raises(InputError, match="t2.nii.gz: T2 image is constant"):
         gradmap_case(tmp_path / "t2.nii.gz", tmp_path / "b.json", tmp_path / "g.nii.gz")
     assert not (tmp_path / "g.nii.gz").exists()
+
+
+def test_missing_boxes_folder_is_one_error(tiny_cohort, tmp_path):
+    """It was one failure per case (and exit 1)."""
+    from hntseg.gradmap import gradmap_cohort
+
+    with pytest.raises(InputError, match="typo: --boxes folder not found"):
+        gradmap_cohort(tiny_cohort, tmp_path / "typo", tmp_path / "out")
+
+
+def test_missing_registered_folder_names_the_option(tiny_cohort, tmp_path):
+    from hntseg.boxes import boxes_cohort
+
+    with pytest.raises(InputError, match="nope: --registered folder not found"):
+        boxes_cohort(tiny_cohort, tmp_path / "o", registered=tmp_path / "nope")

@@ -90,8 +90,13 @@ def test_qc_cohort_and_cli(prepared, tmp_path):
 
 def test_qc_cohort_missing_gradmap_fails_case(prepared, tmp_path):
     cohort, priors = prepared
-    with pytest.raises(StageError, match="1_midRT"):
+    # the reason is in the final error too (the per-case log line may be far above)
+    (tmp_path / "nogradmaps").mkdir()
+    with pytest.raises(StageError, match="1_midRT; first: .*gradmap file not found"):
         qc_cohort(cohort, priors, tmp_path / "nogradmaps", tmp_path / "qc", ids=["1"])
+    # no such folder at all: one error before any case
+    with pytest.raises(InputError, match="--gradmaps folder not found"):
+        qc_cohort(cohort, priors, tmp_path / "typo", tmp_path / "qc", ids=["1"])
 
 
 def _single_case(root):
