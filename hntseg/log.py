@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -27,7 +28,10 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+# Off a terminal (a SLURM log, a pipe) rich would wrap at 80 columns and split paths in
+# two, so that grep cannot find them; there the lines are allowed to be long.
+LOG_FILE_WIDTH = 300
+console = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_FILE_WIDTH)
 log = logging.getLogger("hntseg")
 _state = {"quiet": False}
 

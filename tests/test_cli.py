@@ -134,3 +134,14 @@ def test_quiet_silences_nnunet_progress_bars_and_stdout(monkeypatch):
         assert out.getvalue() == "" and err.getvalue() == ""
     finally:
         setup_logging(quiet=False)
+
+
+def test_log_lines_are_not_wrapped_off_a_terminal():
+    """In a SLURM log rich wrapped at 80 columns and split paths in two (grep missed them)."""
+    from hntseg.log import console, log, setup_logging
+
+    setup_logging()
+    message = "/scratch/" + "x" * 150 + "/1/midRT/1_midRT_mask.nii.gz: not on the grid"
+    with console.capture() as captured:
+        log.error(message)
+    assert message in captured.get()
