@@ -335,6 +335,26 @@ def resolve_config(
     return cfg
 
 
+def _unique_key_loader() -> type:
+    """yaml's SafeLoader, refusing a key given twice in one mapping (YAML keeps the last
+    silently: `seed: 1` ... `seed: 2` ran with 2)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read, validate and resolve a YAML config file (see `resolve_config`)."""
     import yaml
@@ -343,7 +363,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_unique_key_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -84,7 +84,8 @@ class Context:
         if wanted:
             missing = [i for i in wanted if i not in ids]
             if missing:
-                raise InputError(f"{root or self.cohort}: no patient folder for id(s) {missing}")
+                shown = ", ".join(map(str, missing))
+                raise InputError(f"{root or self.cohort}: no patient folder for id(s) {shown}")
             ids = [i for i in ids if i in set(wanted)]
         return ids
 

@@ -343,8 +343,11 @@ class Grid:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grid:
         """A 3D grid from its JSON form; ValueError when a field has the wrong length."""
+        sizes = data["size_xyz"]
+        if not all(float(v).is_integer() and not isinstance(v, bool) for v in sizes):
+            raise ValueError(f"size_xyz {sizes}: voxel counts must be whole numbers")
         grid = cls(
-            tuple(int(v) for v in data["size_xyz"]),
+            tuple(int(v) for v in sizes),
             tuple(float(v) for v in data["spacing_xyz_mm"]),
             tuple(float(v) for v in data["origin_xyz_mm"]),
             tuple(float(v) for v in data["direction"]),

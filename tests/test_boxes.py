@@ -165,6 +165,7 @@ def test_roundtrip_and_hand_edited(tmp_path):
         (lambda d: {**d, "boxes": [{**d["boxes"][0], "zyx_start": [1, 2]}]}, "3 integers"),
         (lambda d: {**d, "grid": {**d["grid"], "direction": [1, 0, 0]}}, "bad 'grid'"),
         (lambda d: {**d, "grid": {**d["grid"], "spacing_xyz_mm": [1, 1]}}, "bad 'grid'"),
+        (lambda d: {**d, "grid": {**d["grid"], "size_xyz": [8.7, 8, 4]}}, "bad .grid."),
     ],
 )
 def test_read_boxes_rejects_bad_files(tmp_path, edit, message):

@@ -43,3 +43,15 @@ def test_predict_folders_must_exist_before_the_run(tmp_path, key):
         resolve_config({**data, "predict": {key: str(tmp_path / "typo")}})
     (tmp_path / "there").mkdir()
     assert resolve_config({**data, "predict": {key: str(tmp_path / "there")}})
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys without a word."""
+    from hntseg.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("cohort: c\nseed: 1\nseed: 2\n")
+    with pytest.raises(
+        InputError, match=r"c.yaml: not valid YAML \(key 'seed' given twice at line 3"
+    ):
+        load_config(path)

@@ -691,3 +691,13 @@ def test_sharded_parts_follow_each_stage_own_patients(tmp_path, tiny_cohort):
     grow = {"cohort": str(small), "work": str(tmp_path / "w2"), "dataset": {"n_folds": 5}}
     grow["synth"] = {"enabled": True, "patients": 5, "size": [16, 16, 8]}
     run_pipeline(resolve_config(grow, "t"), dry_run=True)  # 2 now, 5 after synth: fine
+
+
+def test_unknown_ids_are_listed_plainly(tiny_cohort):
+    """The message showed a Python list (['99'])."""
+    from hntseg.engine import Context
+    from hntseg.errors import InputError
+
+    ctx = Context({"ids": ["1", "99"], "cohort": str(tiny_cohort)})
+    with pytest.raises(InputError, match=r"no patient folder for id\(s\) 99$"):
+        ctx.all_ids()
