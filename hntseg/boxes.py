@@ -23,7 +23,16 @@ from scipy import ndimage
 
 from hntseg.cohort import PHASES
 from hntseg.errors import InputError
-from hntseg.io import LABEL_NAMES, Grid, check_out_folder, read_json, read_mask, write_json
+from hntseg.io import (
+    LABEL_NAMES,
+    Grid,
+    check_out_folder,
+    check_same_grid,
+    read_header,
+    read_json,
+    read_mask,
+    write_json,
+)
 from hntseg.log import log
 
 FORMAT = "hntseg-boxes/1"
@@ -288,9 +297,11 @@ def boxes_case(
     margin: int | tuple[int, int] = DEFAULT_MARGIN,
     seed: int | None = None,
     force: bool = False,
+    t2_path: str | Path | None = None,
 ) -> tuple[BoxSet | None, bool]:
     """Boxes for one mask file written to `out_path` with a record. Returns (boxes, ran);
-    boxes is None when skipped because the record says the work is done."""
+    boxes is None when skipped because the record says the work is done. `t2_path`: the
+    image the boxes are for; the mask must be on its grid (found here, not at gradmap)."""
     from hntseg.records import is_done, record_path, write_record
 
     mask_path, out_path = Path(mask_path), Path(out_path)
@@ -301,7 +312,10 @@ def boxes_case(
     if not force and is_done(rec, inputs, params):
         return None, False
     # the absolute path: the same mask and seed give the same bytes from any working folder
-    boxset = find_boxes(read_mask(mask_path), margin, seed, str(Path(mask_path).resolve()))
+    mask = read_mask(mask_path)
+    if t2_path is not None:
+        check_same_grid(read_header(t2_path, "T2"), mask, mask_path, t2_path)
+    boxset = find_boxes(mask, margin, seed, str(Path(mask_path).resolve()))
     rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
     write_boxes(out_path, boxset)
     write_record(
@@ -312,8 +326,8 @@ def boxes_case(
 
 def _masks_for(
     cohort: Path, registered: Path | None, ids: Iterable[str] | None, phases: Sequence[str]
-) -> list[tuple[str, str, Path]]:
-    """(pid, phase, mask path) per case, in patient order; missing masks -> InputError."""
+) -> list[tuple[str, str, Path, Path | None]]:
+    """(pid, phase, mask path, T2 path or None) per case, in patient order."""
     from hntseg.cohort import discover, expected_path
 
     patients = discover(cohort, required=(), ids=ids)
@@ -329,7 +343,8 @@ def _masks_for(
             else:
                 source, root, key = p, cohort, "preRT_mask"
             path = source.get(key) if source is not None else None
-            cases.append((p.id, phase, path or expected_path(root, p.id, key)))
+            t2 = p.get(f"{phase}_T2")
+            cases.append((p.id, phase, path or expected_path(root, p.id, key), t2))
     return cases
 
 
@@ -359,12 +374,12 @@ def boxes_cohort(
     check_out_folder(out)
     cases = _masks_for(cohort, registered, ids, phases)
     cases = shard_by_patient(cases, lambda c: c[0], num_parts, part_id)
-    targets = {f"{pid}_{phase}": boxes_path(out, pid, phase) for pid, phase, _ in cases}
+    targets = {f"{pid}_{phase}": boxes_path(out, pid, phase) for pid, phase, _, _ in cases}
 
-    def work(case: tuple[str, str, Path]) -> bool:
-        pid, phase, mask_path = case
+    def work(case: tuple[str, str, Path, Path | None]) -> bool:
+        pid, phase, mask_path, t2 = case
         s = None if seed is None else case_seed(seed, f"{pid}_{phase}", "boxes")
-        return boxes_case(mask_path, targets[f"{pid}_{phase}"], margin, s, force)[1]
+        return boxes_case(mask_path, targets[f"{pid}_{phase}"], margin, s, force, t2)[1]
 
     done = run_cases("boxes", ((f"{c[0]}_{c[1]}", c) for c in cases), work)
     return {key: targets[key] for key in done}
