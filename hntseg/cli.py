@@ -15,6 +15,11 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 from hntseg import __version__
 from hntseg.errors import HntsegError
 from hntseg.log import console, setup_logging
@@ -45,6 +50,14 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except HntsegError as exc:
             message = str(exc).replace("\n", " ")
+            console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except UsageError as exc:
+            # a bad option value or a missing argument: one line too, not a usage box
+            if isinstance(exc, NoArgsIsHelpError):
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else "hntseg"
+            message = f"{where}: {exc.format_message()} (see {where} --help)"
             console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 

@@ -145,3 +145,19 @@ def test_log_lines_are_not_wrapped_off_a_terminal():
     with console.capture() as captured:
         log.error(message)
     assert message in captured.get()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["synth", "x", "--seed", "-1"], "Invalid value for '--seed'"),
+        (["register", "--bogus"], "No such option: --bogus"),
+        (["evaluate"], "Missing argument"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_option_errors_are_one_line(args, needle):
+    """typer's usage box (5-6 lines) for a bad option value became one line, exit 2."""
+    result = CliRunner().invoke(app, args)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
