@@ -254,23 +254,34 @@ def check_case(case: Case, channels: Sequence[str]) -> None:
             mask(src.mask, "mask for the gradient-map boxes")
 
 
-def _place_image(src: Path, dst: Path, what: str, grid: Grid, is_mask: bool = False) -> None:
-    """Put a checked input at dst on exactly the T2's `grid`: linked when already .nii.gz
-    (uint8 for masks) with that exact geometry, else rewritten.
+def nnunet_accepts(grid: Grid, other: Grid) -> bool:
+    """Whether nnU-Net reads `other` beside an image on `grid` without an error: its readers
+    and its dataset check require np.allclose spacings (numpy's rtol 1e-5, atol 1e-8; both
+    orders checked here); origin and direction differences only make it warn."""
+    return grid.size == other.size and bool(
+        np.allclose(grid.spacing, other.spacing) and np.allclose(other.spacing, grid.spacing)
+    )
 
-    `check_case` accepts geometry within float noise of the T2's (1e-4); nnU-Net rejects a
-    case whose files differ by more than np.allclose's 1e-5 relative, so such files get the
-    T2's geometry here (the voxels are kept)."""
-    exact = grid.mismatch(read_header(src, what), tol=0.0) is None
+
+def _place_image(src: Path, dst: Path, what: str, grid: Grid, is_mask: bool = False) -> None:
+    """Put a checked input at dst: linked when already .nii.gz (uint8 for masks) and on a
+    grid nnU-Net accepts beside the T2's, else rewritten.
+
+    `check_case` accepts geometry within float noise of the T2's (1e-4). nnU-Net refuses a
+    spacing that differs by more than 1e-5 relative, so such a file gets the T2's geometry
+    here (the voxels are kept). Smaller differences (a NIfTI stores float32 geometry, so an
+    oblique scan's files never match to the last bit) are linked as they are: a rewrite
+    would not make them equal either."""
+    accepted = nnunet_accepts(grid, read_header(src, what))
     if (
-        exact
+        accepted
         and image_suffix(src) == FILE_ENDING
         and (not is_mask or _pixel_id(src) == sitk.sitkUInt8)
     ):
         link_or_copy(src, dst)
         return
     image = read_mask(src, what) if is_mask else read_image(src, what)
-    write_image(image if exact else from_array(array(image), grid), dst)
+    write_image(image if accepted else from_array(array(image), grid), dst)
 
 
 def _write_case(case: Case, channels: Sequence[str], raw: Path, margin, seed: int) -> None:
