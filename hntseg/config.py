@@ -343,7 +343,12 @@ def _unique_key_loader() -> type:
     class UniqueKeyLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
             seen = set()
-            for key_node, _ in node.value:
+            for key_node, _ in node.value:  # the mapping's own keys; merged ones may repeat
+                if (
+                    not isinstance(key_node, yaml.ScalarNode)  # SafeLoader reports these
+                    or key_node.tag == "tag:yaml.org,2002:merge"  # <<: *anchor
+                ):
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(

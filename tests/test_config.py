@@ -55,3 +55,16 @@ def test_a_key_given_twice_is_refused(tmp_path):
         InputError, match=r"c.yaml: not valid YAML \(key 'seed' given twice at line 3"
     ):
         load_config(path)
+
+
+def test_merge_keys_and_overrides_still_load():
+    """YAML merge keys (<<: *anchor), overridden by the mapping's own keys, are not repeats."""
+    import yaml
+
+    from hntseg.config import _unique_key_loader
+
+    text = "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n"
+    data = yaml.load(text, Loader=_unique_key_loader())
+    assert data["other"] == {"x": 3, "y": 2}
+    with pytest.raises(yaml.YAMLError, match="unhashable"):
+        yaml.load("? [a, b]\n: 1\n", Loader=_unique_key_loader())
