@@ -215,7 +215,8 @@ def _nifti_problem(path: Path) -> str | None:
     try:
         nii = nibabel.load(str(path))
         dtype = nii.header.get_data_dtype()
-        expected = int(nii.header["vox_offset"]) + int(np.prod(nii.shape)) * dtype.itemsize
+        # the data offset nibabel will read from (the header's vox_offset reads 0 here)
+        expected = int(nii.dataobj.offset) + int(np.prod(nii.shape)) * dtype.itemsize
     except Exception:  # what ITK read, nibabel may not parse: keep ITK's reading
         return None
     short = "is truncated or corrupt"

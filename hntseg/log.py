@@ -29,7 +29,8 @@ from rich.progress import (
 T = TypeVar("T")
 
 # Off a terminal (a SLURM log, a pipe) rich would wrap at 80 columns and split paths in
-# two, so that grep cannot find them; there the lines are allowed to be long.
+# two, so that grep cannot find them; there tables may be wide and log records are plain
+# lines (see setup_logging).
 LOG_FILE_WIDTH = 300
 console = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_FILE_WIDTH)
 log = logging.getLogger("hntseg")
@@ -46,7 +47,13 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     log.handlers.clear()
-    log.addHandler(RichHandler(console=console, show_path=False, show_time=not quiet))
+    if console.is_terminal:
+        log.addHandler(RichHandler(console=console, show_path=False, show_time=not quiet))
+    else:  # a log file: one plain line per record (rich pads every line to its width)
+        handler = logging.StreamHandler(sys.stderr)
+        stamp = "" if quiet else "%(asctime)s "
+        handler.setFormatter(logging.Formatter(f"{stamp}%(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
 

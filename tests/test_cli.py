@@ -136,15 +136,18 @@ def test_quiet_silences_nnunet_progress_bars_and_stdout(monkeypatch):
         setup_logging(quiet=False)
 
 
-def test_log_lines_are_not_wrapped_off_a_terminal():
-    """In a SLURM log rich wrapped at 80 columns and split paths in two (grep missed them)."""
-    from hntseg.log import console, log, setup_logging
+def test_log_lines_are_plain_off_a_terminal(capsys):
+    """In a SLURM log rich wrapped at 80 columns and split paths in two (grep missed them),
+    and padded every line with spaces to the console width."""
+    from hntseg.log import log, setup_logging
 
     setup_logging()
     message = "/scratch/" + "x" * 150 + "/1/midRT/1_midRT_mask.nii.gz: not on the grid"
-    with console.capture() as captured:
-        log.error(message)
-    assert message in captured.get()
+    log.error(message)
+    log.info("short")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].endswith(f"ERROR {message}")
+    assert lines[1].endswith("INFO short") and len(lines[1]) < 30
 
 
 @pytest.mark.parametrize(
