@@ -177,11 +177,11 @@ def gradmap_cohort(
 
     phases = check_phases(phases)
     check_out_folder(out)
-    if not Path(boxes).is_dir():  # one error, not one per case
-        raise InputError(f"{boxes}: --boxes folder not found")
     patients = discover(cohort, required=(), ids=ids)
     # split by patient, as every per-case stage: a patient's phases share a part
     cases = [(p, phase) for p in shard(patients, num_parts, part_id) for phase in phases]
+    if cases and not Path(boxes).is_dir():  # one error, not one per case (an empty part of
+        raise InputError(f"{boxes}: --boxes folder not found")  # a job array has none)
     targets = {f"{p.id}_{phase}": gradmap_path(out, p.id, phase) for p, phase in cases}
 
     def work(case: tuple[Patient, str]) -> bool:

@@ -253,15 +253,15 @@ def qc_cohort(
     phases = check_phases(phases)
     cohort = Path(cohort)
     check_out_folder(out)
-    for folder, option in ((boxes, "--boxes"), (gradmaps, "--gradmaps")):
-        if not Path(folder).is_dir():  # one error, not one per case
-            raise InputError(f"{folder}: {option} folder not found")
     patients = discover(cohort, required=(), ids=ids)
     reg_root = Path(registered) if registered is not None else cohort
     reg = {p.id: p for p in patients}
     if "midRT" in phases and reg_root.resolve() != cohort.resolve():
         reg = {p.id: p for p in discover(reg_root, required=(), what="--registered folder")}
     cases = shard([(p, f) for p in patients for f in phases], num_parts, part_id)
+    for folder, option in ((boxes, "--boxes"), (gradmaps, "--gradmaps")):
+        if cases and not Path(folder).is_dir():  # one error, not one per case (an empty
+            raise InputError(f"{folder}: {option} folder not found")  # part has no cases)
     targets = {f"{p.id}_{phase}": qc_path(out, p.id, phase) for p, phase in cases}
 
     def work(case: tuple[Patient, str]) -> bool:
