@@ -78,17 +78,15 @@ def make_folder(folder: str | Path, writing: str = "") -> Path:
 
 
 def check_out_folder(folder: str | Path, option: str = "--out") -> Path:
-    """Before any work: `folder` is a folder or can be made one by this user (nothing is
-    created), so a bad --out is one error, not one per case."""
+    """Before any work: `folder` is a folder or can be made one (nothing is created), so an
+    --out under a file is one error, not one per case."""
     folder = Path(folder)
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"{option} {folder}: {existing} exists and is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {folder}: {existing} is not writable")
-    return folder
+    return folder  # writability is left to the writes: a finished, read-only folder is fine
 
 
 @contextlib.contextmanager
@@ -201,13 +199,35 @@ def read_image(path: str | Path, what: str = "image") -> sitk.Image:
     return image
 
 
+def _gzip_size(path: Path) -> tuple[int, bool]:
+    """(decompressed bytes, whether the last gzip member ended) of a gzip file, read in
+    chunks. Further members count; other bytes after a member are ignored, as ITK does."""
+    import zlib
+
+    size, inflater, ended, carry = 0, zlib.decompressobj(31), False, b""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            data, carry = carry + chunk, b""
+            while data:
+                if ended:
+                    if len(data) < 2:  # a member's magic may straddle two chunks
+                        carry = data
+                        break
+                    if not data.startswith(b"\x1f\x8b"):
+                        return size, True  # trailing bytes that are no gzip member
+                    inflater, ended = zlib.decompressobj(31), False
+                size += len(inflater.decompress(data))
+                ended = inflater.eof
+                data = inflater.unused_data if ended else b""
+    return size, ended
+
+
 def _nifti_problem(path: Path) -> str | None:
     """What ITK's NIfTI reader hides: a file cut short (read as zeros) and, in float files,
     NaN or inf (read as 0). nibabel reads the stored bytes; None when fine or not NIfTI."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return None
-    import gzip
     import zlib
 
     import nibabel
@@ -228,9 +248,10 @@ def _nifti_problem(path: Path) -> str | None:
         if not name.endswith(".gz"):
             size = path.stat().st_size
             return f"{short} ({size} of {expected} bytes)" if size < expected else None
-        with gzip.open(path, "rb") as f:  # count the decompressed bytes, in chunks
-            size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 22), b""))
-        return f"{short} ({size} of {expected} bytes)" if size < expected else None
+        size, complete = _gzip_size(path)
+        if not complete or size < expected:
+            return f"{short} ({size} of {expected} bytes)"
+        return None
     except (EOFError, OSError, ValueError, zlib.error) as exc:
         return f"{short} ({type(exc).__name__})"
 

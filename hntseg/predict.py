@@ -296,9 +296,9 @@ def load_case(
 # --------------------------------------------------------------------------- model
 
 
-def _load_failure(folder: Path, folds: Sequence[int], checkpoint: str, exc: Exception) -> str:
-    """Why the model did not load: the first fold checkpoint torch cannot read, else the
-    model folder and nnU-Net's error (its last line)."""
+def _bad_checkpoint(folder: Path, folds: Sequence[int], checkpoint: str) -> str | None:
+    """The first fold checkpoint torch cannot read, as a message; None if all load (the
+    model's failure to load is then not a damaged file, and keeps its traceback)."""
     import torch
 
     for f in folds:
@@ -308,8 +308,7 @@ def _load_failure(folder: Path, folds: Sequence[int], checkpoint: str, exc: Exce
         except Exception as bad:
             reason = str(bad).strip().splitlines()[-1] if str(bad).strip() else type(bad).__name__
             return f"{path}: cannot load the checkpoint ({reason[:200]})"
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return f"{folder}: cannot load the model ({reason[:200]})"
+    return None
 
 
 class Ensemble:
@@ -350,8 +349,11 @@ class Ensemble:
             self.predictor.initialize_from_trained_model_folder(
                 str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint
             )
-        except Exception as exc:  # a damaged checkpoint: say which, in one line
-            raise InputError(_load_failure(folder, folds, checkpoint, exc)) from None
+        except Exception:  # a damaged checkpoint: say which, in one line; else a bug
+            bad = _bad_checkpoint(folder, folds, checkpoint)
+            if bad is None:
+                raise
+            raise InputError(bad) from None
 
     def predict(self, data: np.ndarray, props: dict[str, Any]) -> np.ndarray:
         """Channels (c, z, y, x) -> label array (z, y, x) uint8 on the input grid."""

@@ -227,3 +227,20 @@ def test_nifti_short_by_less_than_its_header_is_caught(tmp_path):
     path.write_bytes(data[:-100])
     with pytest.raises(InputError, match=r"truncated or corrupt \(6132 of 6232 bytes\)"):
         read_image(path)
+
+
+def test_valid_gzip_variants_are_read(tmp_path):
+    """Bytes after the gzip stream (ITK ignores them) and multi-member gzip are no damage."""
+    import gzip
+
+    arr = (np.arange(10 * 20 * 20) % 3).astype(np.uint8).reshape(10, 20, 20)
+    path = write_image(make_image(arr), tmp_path / "a.nii.gz")
+    raw = gzip.decompress(path.read_bytes())
+    variants = {
+        "garbage.nii.gz": path.read_bytes() + b"trailing!",
+        "zeros.nii.gz": path.read_bytes() + bytes(100),
+        "members.nii.gz": gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]),
+    }
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        assert np.array_equal(array(read_mask(tmp_path / name)), arr), name
