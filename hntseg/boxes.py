@@ -325,15 +325,22 @@ def boxes_case(
 
 
 def _masks_for(
-    cohort: Path, registered: Path | None, ids: Iterable[str] | None, phases: Sequence[str]
+    cohort: Path,
+    registered: Path | None,
+    ids: Iterable[str] | None,
+    phases: Sequence[str],
+    num_parts: int = 1,
+    part_id: int = 0,
 ) -> list[tuple[str, str, Path, Path | None]]:
-    """(pid, phase, mask path, T2 path or None) per case, in patient order."""
-    from hntseg.cohort import discover, expected_path
+    """(pid, phase, mask path, T2 path or None) per case of this part, in patient order (a
+    part holds whole patients)."""
+    from hntseg.cohort import discover, expected_path, shard
 
-    patients = discover(cohort, required=(), ids=ids)
+    patients = shard(discover(cohort, required=(), ids=ids), num_parts, part_id)
     reg_root = Path(registered) if registered is not None else cohort
     reg = {p.id: p for p in patients}
-    if "midRT" in phases and reg_root.resolve() != cohort.resolve():
+    if patients and "midRT" in phases and reg_root.resolve() != cohort.resolve():
+        # (an empty part of a job array needs no --registered folder: register made none)
         reg = {p.id: p for p in discover(reg_root, required=(), what="--registered folder")}
     cases = []
     for p in patients:
@@ -365,15 +372,14 @@ def boxes_cohort(
     `OUT/<id>/<id>_preRT_boxes.json` from the pre-RT mask. The seed of a case is
     `case_seed(seed, "<id>_<phase>", "boxes")`, so adding cases changes no other case.
     Returns {"<id>_<phase>": path}. Failed cases are logged; then a StageError."""
-    from hntseg.cohort import check_phases, run_cases, shard_by_patient
+    from hntseg.cohort import check_phases, run_cases
     from hntseg.records import case_seed
 
     cohort = Path(cohort)
     phases = check_phases(phases)
     margin = parse_margin(margin)
     check_out_folder(out)
-    cases = _masks_for(cohort, registered, ids, phases)
-    cases = shard_by_patient(cases, lambda c: c[0], num_parts, part_id)
+    cases = _masks_for(cohort, registered, ids, phases, num_parts, part_id)
     targets = {f"{pid}_{phase}": boxes_path(out, pid, phase) for pid, phase, _, _ in cases}
 
     def work(case: tuple[str, str, Path, Path | None]) -> bool:

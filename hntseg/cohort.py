@@ -167,16 +167,6 @@ def shard(items: Sequence, num_parts: int = 1, part_id: int = 0) -> list:
     return list(items[part_id::num_parts])
 
 
-def shard_by_patient(
-    cases: Sequence[T], pid_of: Callable[[T], str], num_parts: int = 1, part_id: int = 0
-) -> list[T]:
-    """Part `part_id` of `num_parts` of per-case work, split by patient as `shard` splits
-    patients, so that a patient's cases (pre-RT and mid-RT) land in the same part."""
-    pids = list(dict.fromkeys(pid_of(c) for c in cases))
-    mine = set(shard(pids, num_parts, part_id))
-    return [c for c in cases if pid_of(c) in mine]
-
-
 def check_phases(phases: Iterable[str]) -> list[str]:
     """The phases asked for, or an InputError naming the first unknown one."""
     phases = list(phases)

@@ -341,21 +341,26 @@ def _unique_key_loader() -> type:
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
-            seen = set()
-            for key_node, _ in node.value:  # the mapping's own keys; merged ones may repeat
-                if (
-                    not isinstance(key_node, yaml.ScalarNode)  # SafeLoader reports these
-                    or key_node.tag == "tag:yaml.org,2002:merge"  # <<: *anchor
-                ):
-                    continue
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} given twice", key_node.start_mark
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep)
+        def flatten_mapping(self, node):  # type: ignore[no-untyped-def]
+            # SafeLoader merges (<<: *anchor) by rewriting a mapping node in place, once for
+            # each mapping that merges it; check each node's own keys once, before that
+            checked = self.__dict__.setdefault("_hntseg_checked", set())
+            if id(node) not in checked:
+                checked.add(id(node))
+                seen = set()
+                for key_node, _ in node.value:
+                    if (
+                        not isinstance(key_node, yaml.ScalarNode)  # SafeLoader reports these
+                        or key_node.tag == "tag:yaml.org,2002:merge"
+                    ):
+                        continue
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice", key_node.start_mark
+                        )
+                    seen.add(key)
+            super().flatten_mapping(node)
 
     return UniqueKeyLoader
 

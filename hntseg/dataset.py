@@ -258,9 +258,9 @@ def nnunet_accepts(grid: Grid, other: Grid) -> bool:
     """Whether nnU-Net reads `other` beside an image on `grid` without an error: its readers
     and its dataset check require np.allclose spacings (numpy's rtol 1e-5, atol 1e-8; both
     orders checked here); origin and direction differences only make it warn."""
-    return grid.size == other.size and bool(
-        np.allclose(grid.spacing, other.spacing) and np.allclose(other.spacing, grid.spacing)
-    )
+    # as the written .nii.gz files will store them (float32), which nnU-Net compares
+    a, b = np.float32(grid.spacing), np.float32(other.spacing)
+    return grid.size == other.size and bool(np.allclose(a, b) and np.allclose(b, a))
 
 
 def _place_image(src: Path, dst: Path, what: str, grid: Grid, is_mask: bool = False) -> None:

@@ -201,7 +201,8 @@ def read_image(path: str | Path, what: str = "image") -> sitk.Image:
 
 def _gzip_size(path: Path) -> tuple[int, bool]:
     """(decompressed bytes, whether the last gzip member ended) of a gzip file, read in
-    chunks. Further members count; other bytes after a member are ignored, as ITK does."""
+    chunks of at most 4 MiB either way. Further members count; bytes after a member that
+    do not start another are ignored (ITK reads such files)."""
     import zlib
 
     size, inflater, ended, carry = 0, zlib.decompressobj(31), False, b""
@@ -216,7 +217,12 @@ def _gzip_size(path: Path) -> tuple[int, bool]:
                     if not data.startswith(b"\x1f\x8b"):
                         return size, True  # trailing bytes that are no gzip member
                     inflater, ended = zlib.decompressobj(31), False
-                size += len(inflater.decompress(data))
+                out = len(inflater.decompress(data, 1 << 22))  # bounded output
+                size += out
+                # more input left, or a full buffer (zlib may hold output back): go on
+                while not inflater.eof and (inflater.unconsumed_tail or out == 1 << 22):
+                    out = len(inflater.decompress(inflater.unconsumed_tail, 1 << 22))
+                    size += out
                 ended = inflater.eof
                 data = inflater.unused_data if ended else b""
     return size, ended
@@ -249,11 +255,11 @@ def _nifti_problem(path: Path) -> str | None:
             size = path.stat().st_size
             return f"{short} ({size} of {expected} bytes)" if size < expected else None
         size, complete = _gzip_size(path)
-        if not complete or size < expected:
+        if size < expected:
             return f"{short} ({size} of {expected} bytes)"
-        return None
+        return None if complete else f"{short} (its gzip stream ends early)"
     except (EOFError, OSError, ValueError, zlib.error) as exc:
-        return f"{short} ({type(exc).__name__})"
+        return f"{short} ({exc or type(exc).__name__})"
 
 
 def validate_image(image: sitk.Image, path: str | Path, what: str = "image") -> None:

@@ -52,10 +52,23 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     else:  # a log file: one plain line per record (rich pads every line to its width)
         handler = logging.StreamHandler(sys.stderr)
         stamp = "" if quiet else "%(asctime)s "
-        handler.setFormatter(logging.Formatter(f"{stamp}%(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_PlainFormatter(f"{stamp}%(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+
+
+class _PlainFormatter(logging.Formatter):
+    """A plain log line; rich markup in a record (extra={"markup": True}) is rendered as
+    its text, so `[bold]register[/]` reads `register`."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if getattr(record, "markup", False):
+            from rich.text import Text
+
+            record = logging.makeLogRecord(record.__dict__)
+            record.message = Text.from_markup(record.message).plain
+        return super().formatMessage(record)
 
 
 def is_quiet() -> bool:

@@ -254,11 +254,12 @@ def qc_cohort(
     cohort = Path(cohort)
     check_out_folder(out)
     patients = discover(cohort, required=(), ids=ids)
+    cases = shard([(p, f) for p in patients for f in phases], num_parts, part_id)
     reg_root = Path(registered) if registered is not None else cohort
     reg = {p.id: p for p in patients}
-    if "midRT" in phases and reg_root.resolve() != cohort.resolve():
+    midrt = any(phase == "midRT" for _, phase in cases)  # an empty part needs no folders
+    if midrt and reg_root.resolve() != cohort.resolve():
         reg = {p.id: p for p in discover(reg_root, required=(), what="--registered folder")}
-    cases = shard([(p, f) for p in patients for f in phases], num_parts, part_id)
     for folder, option in ((boxes, "--boxes"), (gradmaps, "--gradmaps")):
         if cases and not Path(folder).is_dir():  # one error, not one per case (an empty
             raise InputError(f"{folder}: {option} folder not found")  # part has no cases)

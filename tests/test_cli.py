@@ -148,6 +148,8 @@ def test_log_lines_are_plain_off_a_terminal(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].endswith(f"ERROR {message}")
     assert lines[1].endswith("INFO short") and len(lines[1]) < 30
+    log.info("[bold]%s[/]: run (%s)", "register", "no state", extra={"markup": True})
+    assert capsys.readouterr().err.rstrip().endswith("INFO register: run (no state)")
 
 
 @pytest.mark.parametrize(

@@ -66,5 +66,10 @@ def test_merge_keys_and_overrides_still_load():
     text = "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n"
     data = yaml.load(text, Loader=_unique_key_loader())
     assert data["other"] == {"x": 3, "y": 2}
+    # a merged anchor that itself merges and overrides (yaml rewrites it in place)
+    text = "c: &c {x: 1}\na:\n  deep: &b\n    <<: *c\n    x: 3\nu:\n  <<: *b\n  y: 1\n"
+    assert yaml.load(text, Loader=_unique_key_loader()) == yaml.safe_load(text)
+    with pytest.raises(yaml.YAMLError, match="key 'b' given twice"):
+        yaml.load("a: {b: 1, b: 2}\n", Loader=_unique_key_loader())
     with pytest.raises(yaml.YAMLError, match="unhashable"):
         yaml.load("? [a, b]\n: 1\n", Loader=_unique_key_loader())

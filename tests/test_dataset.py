@@ -378,3 +378,16 @@ def test_nan_t2_is_refused_before_anything_is_written(cohort, tmp_path, channels
     _one_line_error(runner.invoke(app, [*args, "--channels", channels]), str(t2), "NaN")
     raw = _raw(work, 13)
     assert not (raw / "labelsTr").exists() or not any((raw / "labelsTr").iterdir())
+
+
+def test_nnunet_accepts_compares_spacings_as_float32():
+    """A .mha T2 keeps double spacings, but the dataset's .nii.gz files store float32, and
+    nnU-Net compares those: a borderline pair must be judged as it will be written."""
+    from hntseg.dataset import nnunet_accepts
+
+    def grid(spacing: float, size=(4, 4, 4)) -> Grid:
+        return Grid(size, (spacing, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+    assert nnunet_accepts(grid(1.0), grid(1.0 + 5e-6))
+    assert not nnunet_accepts(grid(1.0 + 1.0009e-5), grid(1.0))
+    assert not nnunet_accepts(grid(1.0), grid(1.0, (4, 4, 5)))

@@ -307,10 +307,11 @@ def test_missing_registered_folder_names_the_option(tiny_cohort, tmp_path):
 def test_empty_part_of_a_job_array_needs_no_boxes_folder(tiny_cohort, tmp_path):
     """boxes writes nothing for a part without patients; gradmap and qc on that part must not
     fail for the missing --boxes folder (afterok dependencies would never release)."""
+    from hntseg.boxes import boxes_cohort
     from hntseg.qc import qc_cohort
 
     parts = {"num_parts": 5, "part_id": 4}  # 4 patients: part 4 is empty
-    assert gradmap_cohort(tiny_cohort, tmp_path / "none", tmp_path / "g", **parts) == {}
-    assert (
-        qc_cohort(tiny_cohort, tmp_path / "none", tmp_path / "none", tmp_path / "q", **parts) == {}
-    )
+    none = tmp_path / "none"  # what register/boxes wrote for an empty part: no folder
+    assert boxes_cohort(tiny_cohort, tmp_path / "b", registered=none, **parts) == {}
+    assert gradmap_cohort(tiny_cohort, none, tmp_path / "g", **parts) == {}
+    assert qc_cohort(tiny_cohort, none, none, tmp_path / "q", registered=none, **parts) == {}
