@@ -162,29 +162,43 @@ def apply_plans_override(
     `patch_size` [48, 192, 192] and `batch_size` 8) and return it.
 
     The network's topology stays the planner's, so a patch must be divisible, axis by
-    axis, by the network's total stride; anything else is a one-line InputError."""
+    axis, by the network's total stride; anything else is a one-line InputError.
+
+    `patch_size` is given in the images' (z, y, x) array order. nnU-Net's plans hold it in
+    their own axis order (`transpose_forward`: the coarsest-spacing axis first, which for
+    axial scans is z, so the same order), and it is stored permuted into that."""
     check_plans_override(override)
     plans = read_json(plans_file, "nnU-Net plans")
     if configuration not in plans["configurations"]:
         raise InputError(f"{plans_file}: no configuration {configuration}")
     cfg = plans["configurations"][configuration]
+    override = dict(override)
     patch = override.get("patch_size")
     if patch is not None:
         planned = cfg["patch_size"]
+        order = list(plans.get("transpose_forward", range(len(planned))))
+
+        def zyx(values: list[int]) -> list[int]:  # plans order -> (z, y, x)
+            out = [0] * len(values)
+            for i, axis in enumerate(order):
+                out[axis] = values[i]
+            return out
+
         if len(patch) != len(planned):
             raise InputError(
                 f"patch_size {patch}: expected {len(planned)} whole numbers (z, y, x), "
-                f"like the planned {planned}"
+                f"like the planned {zyx(planned)}"
             )
         strides = cfg.get("architecture", {}).get("arch_kwargs", {}).get("strides")
         if strides:
-            total = [math.prod(int(s[i]) for s in strides) for i in range(len(planned))]
+            total = zyx([math.prod(int(s[i]) for s in strides) for i in range(len(planned))])
             if any(v % t for v, t in zip(patch, total, strict=True)):
                 raise InputError(
                     f"patch_size {patch}: each axis must be a multiple of the network's total "
                     f"stride {total} (z, y, x) in {plans_file.name}; e.g. "
                     f"{[max(t, round(v / t) * t) for v, t in zip(patch, total, strict=True)]}"
                 )
+        override["patch_size"] = [patch[axis] for axis in order]
     cfg.update(override)
     write_json(plans_file, plans)
     return cfg

@@ -226,6 +226,24 @@ def test_plans_override_checks_patch_against_the_strides(tmp_path):
         apply_plans_override(plans, "2d", {"batch_size": 2})
 
 
+def test_plans_override_patch_is_zyx_whatever_nnunets_axis_order(tmp_path):
+    """For a sagittal scan nnU-Net moves the thick x axis first (transpose_forward) and its
+    plans hold the patch in that order: a (z, y, x) patch must be permuted, not copied."""
+    from hntseg.errors import InputError
+    from hntseg.train import apply_plans_override
+
+    plans = tmp_path / "plans.json"
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]  # total (plans order) 2, 4, 4
+    cfg = {"patch_size": [16, 64, 48], "batch_size": 2}  # plans order: x, z, y
+    cfg["architecture"] = {"arch_kwargs": {"strides": strides}}
+    data = {"transpose_forward": [2, 0, 1], "configurations": {"3d_fullres": cfg}}
+    plans.write_text(json.dumps(data))
+    got = apply_plans_override(plans, "3d_fullres", {"patch_size": [40, 32, 8]})  # z, y, x
+    assert got["patch_size"] == [8, 40, 32]  # x, z, y
+    with pytest.raises(InputError, match=re.escape("total stride [4, 4, 2] (z, y, x)")):
+        apply_plans_override(plans, "3d_fullres", {"patch_size": [40, 32, 9]})
+
+
 def test_train_patch_size_option_is_parsed_or_one_line(built, tmp_path):
     args = ["train", "--work", str(built), "--dataset-id", "11", "--fold", "0"]
     _one_line_error(runner.invoke(app, [*args, "--patch-size", "48,a,192"]), "--patch-size")
