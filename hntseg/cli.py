@@ -3,7 +3,8 @@
 Each stage's commands live in `hntseg/commands/<stage>.py` (an `add(app)` function) and
 import their stage lazily, so `hntseg --help` stays fast. A user error (HntsegError) is
 printed as one line on stderr with its exit code (2 for bad input, 1 when some cases
-failed); anything else is a bug and keeps its traceback.
+failed); so is a usage error (a bad option value, an unknown option, a missing argument:
+exit 2). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ SCHEMA: dict[str, Any] = {
     },
     "boxes": {"margin": Opt("margin"), "out": Opt("path", nullable=True)},
     "gradmap": {
-        "sigma": Opt("float", above=0.0),
+        "sigma": Opt("float", above=0.0, maximum=100.0),  # gradmap.MAX_SIGMA
         "gain": Opt("float", minimum=0.0),
         "out": Opt("path", nullable=True),
     },
@@ -149,6 +149,7 @@ def _check(value: Any, opt: Opt) -> tuple[bool, Any]:
     if k == "float":
         ok = _is_num(value) and (opt.minimum is None or value >= opt.minimum)
         ok = ok and (opt.above is None or value > opt.above)
+        ok = ok and (opt.maximum is None or value <= opt.maximum)
         return ok, float(value) if ok else value
     if k == "bool":
         return isinstance(value, bool), value
@@ -236,6 +237,8 @@ def _validate(data: Any, schema: dict, source: str, prefix: str = "") -> dict:
                 expect += f" >= {spec.minimum:g}"
             elif spec.above is not None:
                 expect += f" > {spec.above:g}"
+                if spec.maximum is not None:
+                    expect += f" and <= {spec.maximum:g}"
             if spec.nullable:
                 expect += " or null"
             raise InputError(f"{source}: {dotted}: expected {expect}, got {value!r}")

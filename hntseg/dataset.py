@@ -15,7 +15,10 @@ mask channel then equals the label, so leave pre-RT cases out (`pre_rt=False`) f
 channel sets with `pre_mask_registered` unless that is what you want.
 
 Images are hard-linked into the dataset when the file system allows it (else copied),
-never moved or modified; `.mha`/`.nii` inputs are converted to `.nii.gz`.
+never moved or modified; symlinked inputs are followed; `.mha`/`.nii` inputs are
+converted to `.nii.gz`. A file whose spacing nnU-Net would refuse beside the T2's (beyond
+`np.allclose`, in float32), and a mask that is not uint8, is rewritten instead (the T2's
+geometry, the voxels kept).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Console, logging and progress bars through rich; `--quiet` turns both down.
+"""Console, logging and progress bars through rich on a terminal; off a terminal (SLURM
+logs, pipes) log records are plain unwrapped lines and there are no progress bars.
+`--quiet` turns both down.
 
 `--quiet` (for clusters) keeps warnings, errors and a command's result (a table such as
 `hntseg evaluate`'s scores or `hntseg cohort`'s listing, on stdout); it drops progress bars,
@@ -38,7 +40,8 @@ _state = {"quiet": False}
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
-    """Route hntseg's log through rich; quiet shows warnings only and no progress bars."""
+    """Route hntseg's log through rich (plain lines off a terminal); quiet shows warnings
+    only and no progress bars."""
     _state["quiet"] = quiet
     if quiet:
         # nnU-Net's own progress bars (tqdm, read from the environment when tqdm is first

@@ -16,6 +16,7 @@ from hntseg.errors import InputError
         ({"gradmap": {"gain": float("inf")}}, "gradmap.gain"),
         ({"gradmap": {"sigma": 0.0}}, "gradmap.sigma: expected a number > 0"),
         ({"gradmap": {"sigma": float("nan")}}, "gradmap.sigma"),
+        ({"gradmap": {"sigma": 200}}, "gradmap.sigma: expected a number > 0 and <= 100"),
         ({"synth": {"enabled": True, "size": [100000, 100000, 1000]}}, "synth.size"),
         ({"synth": {"enabled": True, "spacing": [1e-300, 1, 1]}}, "synth.size / synth.spacing"),
     ],

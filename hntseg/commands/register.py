@@ -42,7 +42,10 @@ def add(app: typer.Typer) -> None:
             0, "--seed", min=0, help="Global seed (elastix RandomSeed per case)."
         ),
         threads: int | None = typer.Option(
-            None, "--threads", help="Threads per case (default: all cores / --workers)."
+            None,
+            "--threads",
+            help="Threads per case (default: the CPUs this process may use / --workers); "
+            "results depend on it, so set it for the same bytes on another machine.",
         ),
         workers: int = typer.Option(1, "--workers", "-j", help="Cases in parallel (processes)."),
         ids: list[str] | None = typer.Option(None, "--ids", help="Cohort form: only these ids."),
