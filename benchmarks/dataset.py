@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 from _memory import reset_peak, status_mib  # benchmarks/_memory.py (the script folder)
+from _phantom import phantom_scan  # benchmarks/_phantom.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,25 +72,7 @@ LABELS = {"background": 0, "GTVp": 1, "GTVn": 2}
 
 def make_scan(size: tuple[int, int, int], rng: np.random.Generator, shift: int):
     """(t2 float32, mask uint8) arrays in (z, y, x) order; the tumours moved by `shift` mm."""
-    nx, ny, nz = size
-    z, y, x = np.ogrid[:nz, :ny, :nx]
-    zm, ym, xm = (z - nz / 2) * SPACING[2], (y - ny / 2) * SPACING[1], (x - nx / 2) * SPACING[0]
-    scale = nx / 512
-    body = (xm / (110 * scale)) ** 2 + (ym / (90 * scale)) ** 2 < 1
-    t2 = np.broadcast_to(np.where(body, 400.0, 20.0), (nz, ny, nx)).astype(np.float32)
-    t2 += (60 * np.sin(xm / 7.0) * np.cos(ym / 9.0) * np.cos(zm / 11.0)).astype(np.float32)
-    t2 += rng.normal(0, 15, t2.shape).astype(np.float32)
-    mask = np.zeros(t2.shape, np.uint8)
-    for label, (cx, cy, cz), r in (
-        (1, (0, -20, 0), 16),
-        (2, (-45, 10, -10), 9),
-        (2, (45, 5, 14), 8),
-    ):
-        c = (np.array([cx + shift, cy, cz]) + rng.uniform(-3, 3, 3)) * scale
-        inside = ((xm - c[0]) ** 2 + (ym - c[1]) ** 2 + (zm - c[2]) ** 2) < (r * scale) ** 2
-        mask[inside] = label
-        t2[inside] += 250
-    return t2, mask
+    return phantom_scan(size, SPACING, rng, shift=shift, jitter=3.0)
 
 
 def write_cohort(base: Path, size: tuple[int, int, int], patients: int) -> None:

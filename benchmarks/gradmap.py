@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _memory import reset_peak, status_mib  # benchmarks/_memory.py (the script folder)
+from _phantom import phantom_scan  # benchmarks/_phantom.py
 
 SIZE = (512, 512, 75)  # (x, y, z)
 SMALL = (128, 128, 24)
@@ -46,27 +47,7 @@ VARIANTS = ("ours", "ours+ctx", "naive")
 
 def make_case(size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(t2 float32, mask uint8) arrays in (z, y, x) order; deterministic."""
-    nx, ny, nz = size
-    rng = np.random.default_rng(0)
-    z, y, x = np.ogrid[:nz, :ny, :nx]
-    # physical coordinates in mm, centred
-    zm, ym, xm = (z - nz / 2) * SPACING[2], (y - ny / 2) * SPACING[1], (x - nx / 2) * SPACING[0]
-    scale = nx / 512
-    body = (xm / (110 * scale)) ** 2 + (ym / (90 * scale)) ** 2 < 1
-    t2 = np.broadcast_to(np.where(body, 400.0, 20.0), (nz, ny, nx)).astype(np.float32)
-    t2 += (60 * np.sin(xm / 7.0) * np.cos(ym / 9.0) * np.cos(zm / 11.0)).astype(np.float32)
-    t2 += rng.normal(0, 15, t2.shape).astype(np.float32)
-    mask = np.zeros(t2.shape, np.uint8)
-    for label, (cx, cy, cz), r in (
-        (1, (0, -20, 0), 16),
-        (2, (-45, 10, -10), 9),
-        (2, (45, 5, 14), 8),
-    ):
-        c = np.array([cx, cy, cz]) * scale
-        inside = ((xm - c[0]) ** 2 + (ym - c[1]) ** 2 + (zm - c[2]) ** 2) < (r * scale) ** 2
-        mask[inside] = label
-        t2[inside] += 250
-    return t2, mask
+    return phantom_scan(size, SPACING, np.random.default_rng(0))
 
 
 def load_case(folder: Path):

@@ -26,6 +26,19 @@ def make_image(arr: np.ndarray, spacing=(0.5, 0.5, 2.0), origin=(0.0, 0.0, 0.0))
     return image
 
 
+def patient_with_bad_grid(cohort: Path, dst: Path, pid: str, relative: str) -> Path:
+    """Copy patient `pid` of `cohort` to `dst` and double the spacing of one of its files
+    (`relative` to the patient folder): that file is then on another grid. Returns it."""
+    import shutil
+
+    shutil.copytree(cohort / pid, dst / pid)
+    path = dst / pid / relative
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing([2 * v for v in image.GetSpacing()])
+    sitk.WriteImage(image, str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """Four synthetic patients at a small size (shared, read-only by convention)."""

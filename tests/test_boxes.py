@@ -375,14 +375,10 @@ def test_same_mask_same_bytes_from_any_working_folder(tmp_path, monkeypatch):
 def test_cohort_mask_must_be_on_its_t2_grid(tiny_cohort, tmp_path):
     """A registered mask on another grid than the mid-RT T2 was boxed without a word; gradmap
     then blamed the boxes file."""
-    import shutil
+    from conftest import patient_with_bad_grid
 
     root = tmp_path / "c"
-    shutil.copytree(tiny_cohort / "1", root / "1")
-    reg = root / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
-    image = sitk.ReadImage(str(reg))
-    image.SetSpacing([2 * v for v in image.GetSpacing()])
-    sitk.WriteImage(image, str(reg))
+    patient_with_bad_grid(tiny_cohort, root, "1", "midRT/1_preRT_mask_registered.nii.gz")
     with pytest.raises(StageError, match="1_midRT; first: .*1_preRT_mask_registered.nii.gz: not"):
         boxes_cohort(root, tmp_path / "o", phases=("midRT", "preRT"))
     assert (tmp_path / "o" / "1" / "1_preRT_boxes.json").is_file()  # the other case is done

@@ -195,15 +195,11 @@ def test_grid_errors_name_the_file(prepared, tmp_path):
         result = runner.invoke(app, ["qc", *args, "--out", str(tmp_path / "x.png")])
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and name in lines[0], result.output
-    # cohort form: the failed case's log line (wrapped by rich) names the mask
-    import shutil
+    # cohort form: the failed case's log line names the mask
+    from conftest import patient_with_bad_grid
 
     copy = tmp_path / "c"
-    shutil.copytree(cohort / "1", copy / "1")
-    bad = copy / "1" / "midRT" / "1_midRT_mask.nii.gz"
-    image = sitk.ReadImage(str(bad))
-    image.SetSpacing([2 * v for v in image.GetSpacing()])
-    sitk.WriteImage(image, str(bad))
+    bad = patient_with_bad_grid(cohort, copy, "1", "midRT/1_midRT_mask.nii.gz")
     result = runner.invoke(
         app, ["qc", "--cohort", str(copy), "--boxes", str(priors), "--out", str(tmp_path / "q")]
     )
