@@ -50,7 +50,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     log.handlers.clear()
-    if console.is_terminal:
+    if _on_terminal():
         log.addHandler(RichHandler(console=console, show_path=False, show_time=not quiet))
     else:  # a log file: one plain line per record (rich pads every line to its width)
         handler = logging.StreamHandler(sys.stderr)
@@ -59,6 +59,15 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+
+
+def _on_terminal() -> bool:
+    """stderr is a terminal. Not rich's `is_terminal`, which FORCE_COLOR turns on in a log
+    file too (padded log lines, progress bars as escape codes)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
 
 
 class _PlainFormatter(logging.Formatter):
@@ -106,7 +115,7 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
     """Iterate with a rich progress bar (none when quiet or not on a terminal)."""
     items = list(items) if total is None else items
     total = len(items) if total is None else total  # type: ignore[arg-type]
-    if is_quiet() or not console.is_terminal:
+    if is_quiet() or not _on_terminal():
         yield from items
         return
     columns = (

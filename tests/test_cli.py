@@ -166,3 +166,13 @@ def test_option_errors_are_one_line(args, needle):
     result = CliRunner().invoke(app, args)
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
+
+
+def test_force_color_does_not_make_a_log_file_a_terminal(capsys, monkeypatch):
+    """FORCE_COLOR made rich treat a log file as a terminal: lines padded to 300 columns."""
+    from hntseg.log import console, log, setup_logging
+
+    monkeypatch.setattr(console, "_force_terminal", True)  # what FORCE_COLOR sets
+    setup_logging()
+    log.info("short")
+    assert capsys.readouterr().err.rstrip("\n").endswith("INFO short")
