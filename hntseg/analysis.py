@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from hntseg.errors import InputError
-from hntseg.evaluate import _jsonable, find_masks, score
+from hntseg.evaluate import find_masks, score
 from hntseg.figures import pyplot, save_png
-from hntseg.io import LABEL_NAMES, read_mask, write_json, write_text
+from hntseg.io import LABEL_NAMES, nan_to_null, read_mask, write_json, write_text
 
 
 def _nonempty_dsc(rows: Sequence[dict[str, Any]], name: str) -> dict[str, float]:
@@ -90,7 +90,7 @@ def compare(
     if out is not None:
         out = Path(out)
         write_text(out / "compare.csv", "\n".join(table) + "\n")
-        write_json(out / "compare.json", _jsonable(result))
+        write_json(out / "compare.json", nan_to_null(result))
         plot_compare(result, out / "compare.png")
     return result
 
@@ -202,7 +202,7 @@ def volume_change(
     if out is not None:
         out = Path(out)
         write_text(out / "volume_change.csv", "\n".join(table) + "\n")
-        write_json(out / "volume_change.json", _jsonable(result))
+        write_json(out / "volume_change.json", nan_to_null(result))
         plot_volume_change(result, out / "volume_change.png")
     return result
 

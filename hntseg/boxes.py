@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hntseg.cohort import PHASES
+from hntseg.cohort import PHASES, boxes_path
 from hntseg.errors import InputError
 from hntseg.io import (
     LABEL_NAMES,
@@ -282,13 +282,6 @@ def read_boxes(path: str | Path, grid: Grid | None = None) -> BoxSet:
 
 
 # --------------------------------------------------------------------------- cohort
-
-
-def boxes_path(out: str | Path, pid: str, phase: str) -> Path:
-    """OUT/<id>/<id>_<phase>_boxes.json, phase midRT (from the registered pre-RT mask) or preRT."""
-    if phase not in PHASES:
-        raise ValueError(f"phase {phase!r} not in {PHASES}")
-    return Path(out) / pid / f"{pid}_{phase}_boxes.json"
 
 
 def boxes_case(

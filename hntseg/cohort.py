@@ -73,6 +73,20 @@ class NoPatients(InputError):
     """A folder without any patient in the cohort layout (callers may try another layout)."""
 
 
+def boxes_path(out: str | Path, pid: str, phase: str) -> Path:
+    """OUT/<id>/<id>_<phase>_boxes.json, phase midRT (from the registered pre-RT mask) or preRT."""
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r} not in {PHASES}")
+    return Path(out) / pid / f"{pid}_{phase}_boxes.json"
+
+
+def gradmap_path(out: str | Path, pid: str, phase: str) -> Path:
+    """OUT/<id>/<id>_<phase>_gradmap.nii.gz (phase midRT or preRT)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r} not in {PHASES}")
+    return Path(out) / pid / f"{pid}_{phase}_gradmap.nii.gz"
+
+
 def sort_key(pid: str) -> tuple[int, int, str]:
     """Numeric ids in numeric order (2 before 10), then the others; ties ("7", "007") by
     the text, so the order never depends on set or hash order."""

@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.cohort import PHASES, Patient, discover, expected_path, sort_key
+from hntseg.cohort import (
+    PHASES,
+    Patient,
+    boxes_path,
+    discover,
+    expected_path,
+    gradmap_path,
+    sort_key,
+)
 from hntseg.errors import InputError
 from hntseg.io import (
     Grid,
@@ -46,7 +54,6 @@ from hntseg.io import (
     make_folder,
     read_header,
     read_image,
-    read_json,
     read_mask,
     write_image,
     write_json,
@@ -54,15 +61,17 @@ from hntseg.io import (
 from hntseg.log import log, progress
 from hntseg.nnunet import (
     CHANNELS,
+    DATASET_RECORD,
     FILE_ENDING,
     LABELS,
     Paths,
+    dataset_channels,
     dataset_name,
     parse_channels,
 )
 from hntseg.records import case_seed, is_done, write_record
 
-RECORD_NAME = "hntseg_dataset.record.json"
+RECORD_NAME = DATASET_RECORD
 
 
 def case_name(pid: str, phase: str) -> str:
@@ -131,12 +140,8 @@ def _ready_file(folder: Path | None, pid: str, phase: str, kind: str) -> Path | 
     if folder is None:
         return None
     if kind == "gradmap":
-        from hntseg.gradmap import gradmap_path
-
         path = gradmap_path(folder, pid, phase)
     else:
-        from hntseg.boxes import boxes_path
-
         path = boxes_path(folder, pid, phase)
     return path if path.is_file() else None
 
@@ -323,14 +328,7 @@ def case_files(raw: Path, names: Iterable[str], n_channels: int) -> list[Path]:
 def existing_channels(raw_dataset: Path) -> list[str] | None:
     """The hntseg channel list of an existing raw dataset (None if it has no dataset.json)."""
     path = raw_dataset / "dataset.json"
-    if not path.is_file():
-        return None
-    data = read_json(path, "dataset.json")
-    chans = data.get("hntseg", {}).get("channels")
-    if chans is None:
-        names = data.get("channel_names", {})
-        chans = [names[k] for k in sorted(names, key=int)]
-    return list(chans)
+    return dataset_channels(path) if path.is_file() else None
 
 
 def build_dataset(

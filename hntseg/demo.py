@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hntseg.io import make_folder
+from hntseg.io import make_folder, write_text
 from hntseg.log import console
 
 SMOKE_BANNER = (
@@ -68,17 +68,17 @@ def run_demo(
         "# hntseg demo config: rerun with `hntseg run demo.yaml` (finished stages are skipped)\n"
         "# SMOKE RUN settings: train.epochs/iterations_per_epoch are tiny on purpose.\n"
     )
-    config_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    write_text(config_path, header + yaml.safe_dump(data, sort_keys=False))  # atomic
     cfg = load_config(config_path)
     console.print(f"[bold yellow]{SMOKE_BANNER}[/]", soft_wrap=True)
     record = run_pipeline(cfg, force=list(STAGES) if force else [], config_path=config_path)
     console.print(summarize_run(record))
-    console.print(where(cfg, record))
+    console.print(where(cfg))
     console.print(f"[bold yellow]{SMOKE_BANNER}[/]", soft_wrap=True)
     return record
 
 
-def where(cfg: dict[str, Any], record: dict[str, Any]) -> str:
+def where(cfg: dict[str, Any]) -> str:
     """Where the masks, the score table and the QC pictures are, and the headline score."""
 
     work = Path(cfg["work"])

@@ -1,6 +1,16 @@
 """Errors that mean "the user's input is wrong": shown as one line, never a traceback."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line: an ITK exception's description (not its source
+    location), else the last non-empty line, at most 300 characters."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.lower().startswith("description:"):
+            return ln.split(":", 1)[1].strip()
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
 class HntsegError(Exception):
     """A user-facing error; its message is one line naming the file and the problem."""
 

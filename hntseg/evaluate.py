@@ -34,6 +34,7 @@ from hntseg.io import (
     IMAGE_SUFFIXES,
     LABEL_NAMES,
     Grid,
+    nan_to_null,
     read_header,
     read_json,
     read_mask,
@@ -378,17 +379,6 @@ def summarize(
     return summary
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN -> None so summary.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _from_json(summary: dict[str, Any]) -> dict[str, Any]:
     """summary.json back to what `summarize` returned: None -> NaN (only NaN was written as
     None), structures in label order (the file's keys are sorted)."""
@@ -499,7 +489,7 @@ def evaluate(
     if out is not None:
         record.unlink(missing_ok=True)  # killed half-way: no old record vouches for new files
         csv_path = write_text(out / "cases.csv", cases_csv(rows))
-        json_path = write_json(out / "summary.json", _jsonable(summary))
+        json_path = write_json(out / "summary.json", nan_to_null(summary))
         written = [csv_path, json_path]
         if figures:
             from hntseg.figures import evaluation_figures

@@ -21,8 +21,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hntseg.boxes import Box, BoxSet, boxes_path, read_boxes
-from hntseg.cohort import PHASES, Patient
+from hntseg.boxes import Box, BoxSet, read_boxes
+from hntseg.cohort import PHASES, Patient, boxes_path, gradmap_path
 from hntseg.errors import InputError
 from hntseg.io import (
     Grid,
@@ -116,13 +116,6 @@ def gradient_map(
 
 
 # --------------------------------------------------------------------------- cohort
-
-
-def gradmap_path(out: str | Path, pid: str, phase: str) -> Path:
-    """OUT/<id>/<id>_<phase>_gradmap.nii.gz (phase midRT or preRT)."""
-    if phase not in PHASES:
-        raise ValueError(f"phase {phase!r} not in {PHASES}")
-    return Path(out) / pid / f"{pid}_{phase}_gradmap.nii.gz"
 
 
 def gradmap_case(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -131,6 +132,17 @@ def write_json(path: str | Path, data: Any) -> Path:
     return write_text(
         path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
     )
+
+
+def nan_to_null(obj: Any) -> Any:
+    """NaN and infinities -> None, in nested dicts and lists, so the JSON is strict."""
+    if isinstance(obj, dict):
+        return {k: nan_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_null(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

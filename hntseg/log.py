@@ -92,16 +92,22 @@ def is_quiet() -> bool:
 def quiet_stdout() -> Iterator[None]:
     """Under --quiet, silence what a library (nnU-Net) writes inside the block: its prints on
     stdout and its progress bars on stderr (it passes tqdm's `disable` itself, so
-    TQDM_DISABLE alone does not reach them). Its errors still raise and are reported."""
+    TQDM_DISABLE alone does not reach them). Its errors still raise and are reported, and
+    hntseg's own warnings logged inside the block still print: the console (which follows
+    sys.stderr) is held on the real stream meanwhile."""
     if not is_quiet():
         yield
         return
-    with (
-        open(os.devnull, "w") as devnull,
-        contextlib.redirect_stdout(devnull),
-        contextlib.redirect_stderr(devnull),
-    ):
-        yield
+    console.file = sys.stderr
+    try:
+        with (
+            open(os.devnull, "w") as devnull,
+            contextlib.redirect_stdout(devnull),
+            contextlib.redirect_stderr(devnull),
+        ):
+            yield
+    finally:
+        console.file = None  # type: ignore[assignment]  # follow sys.stderr again
 
 
 def status(message: str) -> None:

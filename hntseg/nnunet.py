@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hntseg.errors import InputError
-from hntseg.io import make_folder
+from hntseg.io import make_folder, read_json
 
 PLANNER = "nnUNetPlannerResEncM"
 PLANS = "nnUNetResEncUNetMPlans"
@@ -26,6 +26,9 @@ SHORT_TRAINER = "nnUNetTrainerHntsegShort"  # hntseg/trainers/hntseg_short_train
 TRAINERS_DIR = Path(__file__).resolve().parent / "trainers"
 FILE_ENDING = ".nii.gz"
 LABELS = {"background": 0, "GTVp": 1, "GTVn": 2}
+# hntseg's records in nnU-Net's folders: the raw dataset's build, the plans + preprocessing
+DATASET_RECORD = "hntseg_dataset.record.json"
+PREPROCESS_RECORD = "hntseg_preprocess.record.json"
 
 # channel key -> nnU-Net channel name. nnU-Net picks each channel's normalisation from its
 # name: anything but CT/noNorm/zscore/rescale_to_0_1/rgb_to_0_1 is z-scored (T2 and the
@@ -68,6 +71,34 @@ def parse_channels(value: str | list[str] | tuple[str, ...] | None) -> tuple[str
     if len(set(items)) != len(items):
         raise InputError(f"--channels: repeated channel in {','.join(items)}")
     return tuple(items)
+
+
+def dataset_channels(path: Path, what: str = "dataset.json") -> list[str]:
+    """The hntseg channel keys of a dataset.json: hntseg's own list when it wrote one, else
+    nnU-Net's `channel_names` mapped back to keys (a dataset made by hand or another tool).
+    A channel hntseg cannot make is an error naming the file."""
+    data = read_json(path, what)
+    extra = data.get("hntseg") if isinstance(data, dict) else None
+    chans = extra.get("channels") if isinstance(extra, dict) else None
+    if not chans:
+        given = data.get("channel_names") if isinstance(data, dict) else None
+        try:
+            names = [given[k] for k in sorted(given, key=int)]  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            names = []
+        if not names:
+            raise InputError(f"{path}: no valid channel_names in the {what}")
+        reverse = {v: k for k, v in CHANNELS.items()}
+        chans = [reverse.get(n, n) if isinstance(n, str) else n for n in names]
+    if not isinstance(chans, list):
+        raise InputError(f"{path}: hntseg.channels in the {what} is not a list")
+    unknown = [str(c) for c in chans if not isinstance(c, str) or c not in CHANNELS]
+    if unknown:
+        raise InputError(
+            f"{path}: channel(s) {', '.join(unknown)} in the {what} are not hntseg's "
+            f"(known: {', '.join(CHANNELS)})"
+        )
+    return list(chans)
 
 
 def dataset_name(dataset_id: int, name: str = "HNTSMRG") -> str:

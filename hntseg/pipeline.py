@@ -41,7 +41,7 @@ from hntseg.config import (
     resolve_config,
 )
 from hntseg.engine import STATE_DIR, Context, Paths, Stage
-from hntseg.errors import HntsegError, InputError
+from hntseg.errors import HntsegError, InputError, one_line
 from hntseg.io import make_folder, read_json, write_json
 from hntseg.log import console, log
 from hntseg.records import file_digest, versions
@@ -164,9 +164,8 @@ def decide(
     path = state_path(ctx, stage)
     if not path.is_file():
         return Decision(stage.name, "run", "no finished run recorded"), inputs, options
-    try:
-        state = read_json(path, "stage state")
-    except InputError:
+    state = _read_state(path)
+    if state is None:
         return Decision(stage.name, "run", "state file unreadable"), inputs, options
     if state.get("fingerprint") != _fingerprint(inputs, options):
         old_in, old_opt = state.get("inputs", {}), state.get("options", {})
@@ -363,18 +362,14 @@ def run_pipeline(
         running = [e for e in record["stages"] if e.get("status") == "running"]
         for entry in running:
             entry["status"] = "failed"
-            entry.setdefault("error", _first_line(exc))
+            entry.setdefault("error", one_line(exc))
         record.update(status="failed", finished=_now())
-        record.setdefault("error", _first_line(exc))
+        record.setdefault("error", one_line(exc))
         save()
         raise
     record.update(status="finished", finished=_now())
     save()
     return record
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _run_stages(
@@ -419,7 +414,7 @@ def _run_stages(
             result = stage.run(ctx)
         except BaseException as exc:
             entry.update(status="failed", duration_s=round(time.perf_counter() - t0, 3))
-            entry["error"] = _first_line(exc)
+            entry["error"] = one_line(exc)
             raise
         duration = time.perf_counter() - t0
         # hash the inputs again after the run: what the stage actually used

@@ -31,19 +31,18 @@ from hntseg.io import (
     check_same_grid,
     image_suffix,
     read_image,
-    read_json,
     read_mask,
     strip_suffix,
     write_image,
 )
 from hntseg.log import log, progress, quiet_stdout, status
 from hntseg.nnunet import (
-    CHANNELS,
     CONFIGURATION,
     FULL_TRAINER,
     SHORT_TRAINER,
     Paths,
     check_device,
+    dataset_channels,
     describe_device,
     model_folder,
     select_device,
@@ -123,14 +122,17 @@ def find_model(
     """
     paths = Paths(Path(work).resolve())
     prefix = f"Dataset{int(dataset_id):03d}_"
+    results = paths.results
     found = (
-        sorted(p.name for p in paths.results.glob(prefix + "*")) if paths.results.is_dir() else []
+        sorted(p.name for p in results.glob(prefix + "*") if p.is_dir()) if results.is_dir() else []
     )
     if not found:
         raise InputError(
-            f"{paths.results / (prefix + '*')}: no trained model for dataset {dataset_id} "
+            f"{results / (prefix + '*')}: no trained model for dataset {dataset_id} "
             "(run hntseg train)"
         )
+    if len(found) > 1:  # as find_dataset: never guess which model a user meant
+        raise InputError(f"{results}: several models with id {dataset_id}: {', '.join(found)}")
     name = found[0]
     trainers = [trainer] if trainer else [FULL_TRAINER, SHORT_TRAINER]
     folders = [model_folder(paths, name, t, configuration) for t in trainers]
@@ -154,21 +156,7 @@ def find_model(
 
 def model_channels(folder: Path) -> list[str]:
     """The hntseg channel keys of a trained model (from its dataset.json)."""
-    path = folder / "dataset.json"
-    data = read_json(path, "model dataset.json")
-    extra = data.get("hntseg") if isinstance(data, dict) else None
-    chans = extra.get("channels") if isinstance(extra, dict) else None
-    if chans:
-        return list(chans)
-    given = data.get("channel_names") if isinstance(data, dict) else None
-    try:
-        names = [given[k] for k in sorted(given, key=int)]
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: no valid channel_names in the model dataset.json") from None
-    if not names:
-        raise InputError(f"{path}: no valid channel_names in the model dataset.json")
-    reverse = {v: k for k, v in CHANNELS.items()}
-    return [reverse.get(n, n) for n in names]
+    return dataset_channels(folder / "dataset.json", "model dataset.json")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -227,7 +215,7 @@ def _cohort_cases(
             if ch == "gradmap":
                 ready = None
                 if gradmaps is not None:
-                    from hntseg.gradmap import gradmap_path
+                    from hntseg.cohort import gradmap_path
 
                     ready = gradmap_path(gradmaps, p.id, "midRT")
                 if ready is not None and ready.is_file():

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.boxes import BoxSet, boxes_path, read_boxes
-from hntseg.cohort import Patient
+from hntseg.boxes import BoxSet, read_boxes
+from hntseg.cohort import Patient, boxes_path, gradmap_path
 from hntseg.errors import InputError
 from hntseg.figures import pyplot, save_png, window
 from hntseg.io import Grid, check_out_folder, check_same_grid, read_image, read_mask
@@ -247,7 +247,6 @@ def qc_cohort(
     gradient map, the registered pre-RT mask and (if present) the mid-RT ground truth;
     pre-RT: the pre-RT T2 and mask. Failed cases are logged, then a StageError."""
     from hntseg.cohort import check_phases, discover, run_cases, shard
-    from hntseg.gradmap import gradmap_path
     from hntseg.records import is_done, record_path, write_record
 
     phases = check_phases(phases)

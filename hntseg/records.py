@@ -129,10 +129,15 @@ def is_done(
         record = read_json(record_path, "record")
     except Exception:
         return False
+    if not isinstance(record, dict):  # valid JSON but not a record (a hand edit): redo
+        return False
     if record.get("fingerprint") != fingerprint(inputs, params):
         return False
     base = record_path.parent
-    return all((base / p).exists() for p in record.get("outputs", []))
+    outputs = record.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(p, str) for p in outputs):
+        return False
+    return all((base / p).exists() for p in outputs)
 
 
 def _relative(path: str | Path, base: Path) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from hntseg.cohort import discover, expected_path, shard
-from hntseg.errors import InputError, StageError
+from hntseg.errors import InputError, StageError, one_line
 from hntseg.io import (
     LABEL_NAMES,
     Grid,
@@ -773,16 +773,6 @@ def _write_chain(chain: Sequence[ParameterMap], folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- cohort
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # ITK exceptions: keep the description line, not the file/line location
-    for ln in lines:
-        if ln.lower().startswith("description:"):
-            return ln.split(":", 1)[1].strip()
-    return (lines[-1] if lines else type(exc).__name__)[:300]
-
-
 def _run_case(kwargs: dict[str, Any]) -> CaseResult:
     """One case, never raising: failures become a failed CaseResult (for process pools)."""
     start = time.perf_counter()
@@ -790,11 +780,12 @@ def _run_case(kwargs: dict[str, Any]) -> CaseResult:
         return register_case(**kwargs)
     except Exception as exc:  # an elastix or I/O failure must not stop the other cases
         return CaseResult(
-            kwargs["case_id"], "failed", _first_line(exc), round(time.perf_counter() - start, 3)
+            kwargs["case_id"], "failed", one_line(exc), round(time.perf_counter() - start, 3)
         )
 
 
-def _summary(r: CaseResult) -> str:
+def case_summary(r: CaseResult) -> str:
+    """One line on a case: its status, similarity before -> after, Dice to the mid-RT mask."""
     if r.status != "ok":
         return f"case {r.id}: {r.status}" + (f" ({r.error})" if r.error else "")
     parts = [f"case {r.id}: ok in {r.runtime_s:.1f} s"]
@@ -810,7 +801,7 @@ def _summary(r: CaseResult) -> str:
 
 
 def _report(result: CaseResult) -> None:
-    (log.warning if result.status == "failed" else log.info)(_summary(result))
+    (log.warning if result.status == "failed" else log.info)(case_summary(result))
 
 
 def register_cohort(
@@ -886,7 +877,7 @@ def register_cohort(
                 try:
                     by_id[pid] = fut.result()
                 except Exception as exc:  # a worker that died (e.g. a crash inside elastix)
-                    by_id[pid] = CaseResult(pid, "failed", f"worker died: {_first_line(exc)}")
+                    by_id[pid] = CaseResult(pid, "failed", f"worker died: {one_line(exc)}")
                     _remove_unrecorded(task)
                 _report(by_id[pid])
         results = [by_id[t["case_id"]] for t in tasks]

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hntseg.cohort import PHASES, boxes_path, gradmap_path
 from hntseg.engine import Context, Stage
 from hntseg.errors import HntsegError, InputError
 from hntseg.io import read_json
@@ -157,7 +158,6 @@ def _boxes_stage() -> Stage:
         }
 
     def outputs(ctx: Context) -> list[Path]:
-        from hntseg.boxes import PHASES, boxes_path
 
         out = ctx.path("boxes")
         return [boxes_path(out, pid, phase) for pid in ctx.ids() for phase in PHASES]
@@ -178,7 +178,6 @@ def _margin(value: Any) -> int | tuple[int, int]:
 
 
 def _boxes_files(ctx: Context, ids: Sequence[str]) -> dict[str, Path]:
-    from hntseg.boxes import PHASES, boxes_path
 
     out = ctx.path("boxes")
     return {f"boxes/{pid}_{phase}": boxes_path(out, pid, phase) for pid in ids for phase in PHASES}
@@ -208,8 +207,6 @@ def _gradmap_stage() -> Stage:
         }
 
     def outputs(ctx: Context) -> list[Path]:
-        from hntseg.boxes import PHASES
-        from hntseg.gradmap import gradmap_path
 
         out = ctx.path("gradmap")
         return [gradmap_path(out, pid, phase) for pid in ctx.ids() for phase in PHASES]
@@ -269,8 +266,6 @@ def _qc_stage() -> Stage:
 
 
 def _gradmap_files(ctx: Context, ids: Sequence[str]) -> dict[str, Path]:
-    from hntseg.boxes import PHASES
-    from hntseg.gradmap import gradmap_path
 
     out = ctx.path("gradmap")
     return {
@@ -319,8 +314,8 @@ def _dataset_stage() -> Stage:
         }
 
     def outputs(ctx: Context) -> list[Path]:
-        from hntseg.cohort import PHASES
-        from hntseg.dataset import RECORD_NAME, case_files, case_name
+        from hntseg.dataset import case_files, case_name
+        from hntseg.nnunet import DATASET_RECORD
 
         d, raw = ctx.config["dataset"], dataset_dir(ctx)
         phases = PHASES if d["pre_rt"] else ("midRT",)
@@ -328,7 +323,7 @@ def _dataset_stage() -> Stage:
         return [
             raw / "dataset.json",
             dataset_dir(ctx, "nnUNet_preprocessed") / "splits_final.json",
-            raw / RECORD_NAME,  # removed while a rebuild is under way
+            raw / DATASET_RECORD,  # removed while a rebuild is under way
             *case_files(raw, names, len(d["channels"])),
         ]
 
@@ -390,7 +385,7 @@ def _plans_override(ctx: Context) -> dict[str, Any] | None:
 
 
 def _preprocess_record() -> str:
-    from hntseg.train import PREPROCESS_RECORD
+    from hntseg.nnunet import PREPROCESS_RECORD
 
     return PREPROCESS_RECORD
 
@@ -592,8 +587,6 @@ def _predict_stage() -> Stage:
         reg = _files(ctx.path("predict_registered"), ids, "preRT_mask_registered", "registered")
         ready = ctx.config["predict"]["gradmaps"]
         if ready:
-            from hntseg.gradmap import gradmap_path
-
             reg.update({f"gradmap/{i}": gradmap_path(ready, i, "midRT") for i in ids})
         return {
             **_files(root, ids, "midRT_T2", "midRT_T2"),

@@ -25,9 +25,11 @@ from hntseg.io import read_json, write_json
 from hntseg.log import log, quiet_stdout, status
 from hntseg.nnunet import (
     CONFIGURATION,
+    DATASET_RECORD,
     FULL_TRAINER,
     PLANNER,
     PLANS,
+    PREPROCESS_RECORD,
     SHORT_TRAINER,
     check_device,
     check_workers,
@@ -38,9 +40,6 @@ from hntseg.nnunet import (
     set_environment,
 )
 from hntseg.records import is_done, write_record
-
-PREPROCESS_RECORD = "hntseg_preprocess.record.json"
-
 
 CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres", "3d_cascade_fullres")  # nnU-Net's names
 GPU_MEMORY_RANGE = (2.0, 1024.0)  # GB; below about 2 the ResEnc planner never settles
@@ -87,9 +86,7 @@ def plan_and_preprocess(
         raise InputError(f"{pre / 'splits_final.json'}: missing (run hntseg build-dataset)")
     plans_file = pre / f"{PLANS}.json"
     record = pre / PREPROCESS_RECORD
-    from hntseg.dataset import RECORD_NAME
-
-    inputs = {"dataset.json": raw / "dataset.json", "dataset_record": raw / RECORD_NAME}
+    inputs = {"dataset.json": raw / "dataset.json", "dataset_record": raw / DATASET_RECORD}
     inputs = {k: (v if v.is_file() else None) for k, v in inputs.items()}
     if inputs["dataset.json"] is None:
         raise InputError(f"{raw / 'dataset.json'}: missing (run hntseg build-dataset)")
@@ -100,7 +97,7 @@ def plan_and_preprocess(
         "gpu_memory_target": gpu_memory_target,
     }
     # no override given: reuse whatever plans were made (with or without an override)
-    previous = read_json(record, "record").get("plans_override") if record.is_file() else None
+    previous = _recorded_override(record)
     same_override = plans_override is None or plans_override == previous
     if not force and same_override and is_done(record, inputs, params):
         log.info(f"{plans_file}: plans and preprocessed data reused")
@@ -133,6 +130,16 @@ def plan_and_preprocess(
         extra={"plans_override": plans_override},
     )
     return plans_file
+
+
+def _recorded_override(record: Path) -> Any:
+    """The plans override a preprocessing record holds (None when there is no readable
+    record: then the plans are made anew)."""
+    try:
+        data = read_json(record, "record") if record.is_file() else None
+    except InputError:
+        return None
+    return data.get("plans_override") if isinstance(data, dict) else None
 
 
 def check_plans_override(override: dict[str, Any] | None) -> None:

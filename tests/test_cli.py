@@ -136,6 +136,27 @@ def test_quiet_silences_nnunet_progress_bars_and_stdout(monkeypatch):
         setup_logging(quiet=False)
 
 
+def test_quiet_keeps_warnings_logged_inside_nnunet_blocks(monkeypatch, capsys):
+    """On a terminal the log goes through rich's console, which follows sys.stderr: inside
+    quiet_stdout() (nnU-Net's chatter silenced) a warning of hntseg's was lost, although
+    --quiet keeps warnings."""
+    import hntseg.log as hlog
+
+    monkeypatch.setattr(hlog, "_on_terminal", lambda: True)
+    try:
+        hlog.setup_logging(quiet=True)
+        with hlog.quiet_stdout():
+            print("nnU-Net chatter")
+            hlog.log.warning("--cpu-bf16 ignored on device cuda")
+        hlog.log.warning("after the block")
+        err = capsys.readouterr()
+        assert "--cpu-bf16 ignored" in err.err and "after the block" in err.err
+        assert "chatter" not in err.out
+    finally:
+        monkeypatch.undo()
+        hlog.setup_logging(quiet=False)
+
+
 def test_log_lines_are_plain_off_a_terminal(capsys):
     """In a SLURM log rich wrapped at 80 columns and split paths in two (grep missed them),
     and padded every line with spaces to the console width."""

@@ -176,6 +176,30 @@ def test_existing_id_with_other_channels_is_one_line(cohort, built):
     _one_line_error(result, "bogus")
 
 
+def test_dataset_channels_read_by_hand_made_or_odd_dataset_json(tmp_path):
+    """The channel list of an existing dataset.json: hntseg's own block, else nnU-Net's
+    channel names mapped back to keys (a dataset.json without the block held channel names
+    `T2` compared with keys `t2`: a matching dataset was refused); `"hntseg": null` was an
+    AttributeError; a channel hntseg cannot make is a one-line error, not a KeyError later."""
+    from hntseg.dataset import existing_channels
+    from hntseg.errors import InputError
+
+    raw = tmp_path / "Dataset011_X"
+    raw.mkdir()
+    path = raw / "dataset.json"
+    assert existing_channels(raw) is None
+    names = {"0": "T2", "1": "gradmap", "2": "noNorm"}
+    for data in ({"channel_names": names}, {"hntseg": None, "channel_names": names}):
+        path.write_text(json.dumps(data))
+        assert existing_channels(raw) == ["t2", "gradmap", "pre_mask_registered"]
+    path.write_text(json.dumps({"hntseg": {"channels": ["t2"]}, "channel_names": names}))
+    assert existing_channels(raw) == ["t2"]
+    for data in ({"channel_names": {"0": "T2", "1": "ADC"}}, {"channel_names": 3}, []):
+        path.write_text(json.dumps(data))
+        with pytest.raises(InputError, match="dataset.json"):
+            existing_channels(raw)
+
+
 def test_fold_never_trained_is_one_line(built, cohort, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(built / "nnUNet_raw", work / "nnUNet_raw")

@@ -235,6 +235,26 @@ def test_engine_skips_done_work_and_reruns_on_change(fake_work):
     assert calls == ["total"] and statuses(record)["square"] == "skipped"
 
 
+def test_state_or_record_that_is_not_an_object_means_redo(fake_work, tmp_path):
+    """A state file or record that is valid JSON but not an object (a hand edit, another
+    tool) is "not done", not an AttributeError traceback."""
+    cfg, calls = fake_work, []
+    run_pipeline(cfg, fake_stages(calls))
+    states = sorted(Path(cfg["work"]).rglob("square.json"))
+    assert states
+    for state in states:
+        state.write_text("[]")
+    plan = run_pipeline(cfg, fake_stages(calls), dry_run=True)["plan"]
+    assert plan[0]["action"] == "run" and "state file unreadable" in plan[0]["reason"]
+
+    from hntseg.records import is_done
+
+    record = tmp_path / "x.record.json"
+    for text in ("[]", '"x"', '{"fingerprint": null, "outputs": 3}'):
+        record.write_text(text)
+        assert is_done(record, {}, {}) is False
+
+
 def test_skip_stage_user_supplies_files(fake_work):
     cfg, calls = {**fake_work, "skip": ["train"]}, []
     stages = fake_stages(calls)
@@ -545,7 +565,7 @@ def test_demo_headline_lists_structures_in_label_order(tmp_path):
     cfg = resolve_config(demo_config(tmp_path / "d"), "demo", tmp_path)
     agg = {"GTVp": 0.5, "GTVn": None, "mean": None}
     write_json(Path(cfg["work"]) / "evaluation" / "summary.json", {"dscagg": agg})
-    line = next(ln for ln in where(cfg, {}).splitlines() if ln.startswith("DSCagg"))
+    line = next(ln for ln in where(cfg).splitlines() if ln.startswith("DSCagg"))
     assert line.endswith("GTVp 0.500, GTVn nan, mean nan")
 
 

@@ -167,6 +167,25 @@ def test_model_without_plans_or_dataset_json(tmp_path, form, missing):
     assert tree(tmp_path) == before
 
 
+@pytest.mark.parametrize("form", ["challenge", "cohort"])
+def test_two_models_with_one_id_are_refused_and_channels_checked(tmp_path, form):
+    """Two DatasetNNN_* result folders with one id: the first by name was used silently
+    (build-dataset and train refuse the same); a model whose dataset.json names a channel
+    hntseg cannot make was a KeyError traceback at the first case."""
+    work = tmp_path / "work"
+    folder = fake_model(work)
+    other = folder.parents[1] / f"Dataset{DID:03d}_Y"
+    other.mkdir()
+    args = challenge_args(work, tmp_path) if form == "challenge" else cohort_args(work, tmp_path)
+    before = tree(tmp_path)
+    assert_one_line_error(invoke(args), "several models with id 7", "Dataset007_Y")
+    other.rmdir()
+    names = {"channel_names": {"0": "T2", "1": "ADC"}, "file_ending": ".nii.gz"}
+    (folder / "dataset.json").write_text(json.dumps(names))
+    assert_one_line_error(invoke(args), str(folder / "dataset.json"), "ADC")
+    assert tree(tmp_path) == before - {other}
+
+
 def test_untrained_fold_names_its_checkpoint(tmp_path):
     work = tmp_path / "work"
     folder = fake_model(work, folds=[0, 1])

@@ -6,21 +6,10 @@ from pathlib import Path
 
 import typer
 
+from hntseg.commands import split_ids, split_phases
 from hntseg.log import status
 
 _PHASE_HELP = "Cohort form: which cases, midRT and/or preRT (repeatable; default both)."
-
-
-def _phases(values: list[str] | None) -> tuple[str, ...]:
-    from hntseg.boxes import PHASES
-
-    if not values:
-        return PHASES
-    return tuple(p for v in values for p in v.replace(",", " ").split())
-
-
-def _ids(values: list[str] | None) -> list[str] | None:
-    return [i for v in values for i in v.replace(",", " ").split()] if values else None
 
 
 def add(app: typer.Typer) -> None:
@@ -73,6 +62,15 @@ def add(app: typer.Typer) -> None:
                 status(f"wrote {len(boxset.boxes)} box(es) to {out}")
             return
         written = boxes_cohort(
-            cohort, out, registered, m, seed, _ids(ids), _phases(phase), num_parts, part_id, force
+            cohort,
+            out,
+            registered,
+            m,
+            seed,
+            split_ids(ids),
+            split_phases(phase),
+            num_parts,
+            part_id,
+            force,
         )
         status(f"boxes for {len(written)} case(s) in {out}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hntseg.commands import split_ids, split_phases
 from hntseg.log import status
 
 
@@ -47,7 +48,6 @@ def add(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Redo cases that are already done."),
     ) -> None:
         """Gradient magnitude of the T2 inside the boxes, rescaled 0-1, x gain, clipped at 1."""
-        from hntseg.commands.boxes import _ids, _phases
         from hntseg.errors import InputError
         from hntseg.gradmap import check_params, gradmap_case, gradmap_cohort
 
@@ -70,8 +70,8 @@ def add(app: typer.Typer) -> None:
             gain,
             sigma_mm,
             context,
-            _ids(ids),
-            _phases(phase),
+            split_ids(ids),
+            split_phases(phase),
             num_parts,
             part_id,
             force,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hntseg.commands import split_ids, split_phases
 from hntseg.log import status
 
 
@@ -43,7 +44,6 @@ def add(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Redraw pictures that exist."),
     ) -> None:
         """Per box: the axial slice with most of its label; boxes, masks, gradient map."""
-        from hntseg.commands.boxes import _ids, _phases
         from hntseg.errors import InputError
 
         if cohort is None:
@@ -73,8 +73,8 @@ def add(app: typer.Typer) -> None:
             gradmaps or boxes_dir,
             out,
             registered,
-            _ids(ids),
-            _phases(phase) if phase else ("midRT",),
+            split_ids(ids),
+            split_phases(phase) if phase else ("midRT",),
             num_parts,
             part_id,
             force,

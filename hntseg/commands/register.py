@@ -6,11 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hntseg.commands import split_ids
 from hntseg.log import status
-
-
-def _ids(values: list[str] | None) -> list[str] | None:
-    return [i for v in values for i in v.replace(",", " ").split()] if values else None
 
 
 def add(app: typer.Typer) -> None:
@@ -66,10 +63,9 @@ def add(app: typer.Typer) -> None:
     ) -> None:
         """Register pre-RT T2 + mask onto the mid-RT grid: rigid (SimpleITK) then elastix
         B-spline; image B-spline order 3, mask nearest neighbour; a record per case."""
-        from hntseg.errors import HntsegError, InputError, StageError
+        from hntseg.errors import HntsegError, InputError, StageError, one_line
         from hntseg.register import (
-            _first_line,
-            _summary,
+            case_summary,
             check_case_id,
             check_options,
             register_case,
@@ -113,9 +109,9 @@ def add(app: typer.Typer) -> None:
             except HntsegError:
                 raise
             except Exception as exc:  # elastix or I/O: one line, like a failed cohort case
-                raise StageError(f"register: case {case_id} failed: {_first_line(exc)}") from None
+                raise StageError(f"register: case {case_id} failed: {one_line(exc)}") from None
             results = [result]
-            status(_summary(result))
+            status(case_summary(result))
         else:
             results = register_cohort(
                 cohort,
@@ -126,7 +122,7 @@ def add(app: typer.Typer) -> None:
                 seed=seed,
                 threads=threads,
                 workers=workers,
-                ids=_ids(ids),
+                ids=split_ids(ids),
                 num_parts=num_parts,
                 part_id=part_id,
                 force=force,
