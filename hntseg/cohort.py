@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hntseg.errors import HntsegError, InputError, StageError
-from hntseg.io import read_header, require_file
+from hntseg.io import IMAGE_SUFFIXES, read_header, require_file
 from hntseg.log import log, progress
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ FILES: dict[str, tuple[str, str]] = {
 }
 DEFAULT_REQUIRED = ("preRT_T2", "preRT_mask", "midRT_T2")
 PHASES = ("midRT", "preRT")  # the two scans of a patient; each gives a training case
-SUFFIXES = (".nii.gz", ".mha", ".nii")
+SUFFIXES = (".nii.gz", ".mha", ".nii", ".nrrd")  # single-file formats (.mhd has a .raw)
 
 
 def expected_path(root: str | Path, pid: str, key: str, suffix: str = ".nii.gz") -> Path:
@@ -87,6 +87,31 @@ def gradmap_path(out: str | Path, pid: str, phase: str) -> Path:
     return Path(out) / pid / f"{pid}_{phase}_gradmap.nii.gz"
 
 
+def find_gradmap(folder: str | Path, pid: str, phase: str) -> Path | None:
+    """A ready gradient map in FOLDER (another tool's too): `gradmap_path` with any image
+    suffix hntseg reads, `.nii.gz` first; None when there is none."""
+    stem = str(gradmap_path(folder, pid, phase))[: -len(".nii.gz")]
+    for suffix in IMAGE_SUFFIXES:
+        path = Path(stem + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+def report_gradmaps(folder: Path, given: int, total: int) -> None:
+    """Say how many gradient maps a --gradmaps folder supplied and how many are computed
+    from the masks; a folder that supplied none is a warning (a misnamed folder or files
+    would otherwise be replaced silently)."""
+    computed = total - given
+    if given == 0 and total:
+        log.warning(
+            f"{folder}: no gradient map found there (<id>/<id>_<phase>_gradmap.nii.gz, "
+            f".nii, .mha or .nrrd); all {total} computed from the masks"
+        )
+    else:
+        log.info(f"gradient maps: {given} from {folder}, {computed} computed from the masks")
+
+
 def sort_key(pid: str) -> tuple[int, int, str]:
     """Numeric ids in numeric order (2 before 10), then the others; ties ("7", "007") by
     the text, so the order never depends on set or hash order."""
@@ -98,9 +123,12 @@ def _near_miss(path: Path) -> str:
     folder = path.parent
     if not folder.is_dir():
         return ""
-    stem = path.name[: -len(".nii.gz")].lower()
+    stem = path.name[: -len(".nii.gz")]
     for other in sorted(folder.iterdir()):
-        if other.name.lower().startswith(stem + ".") and other.name != path.name:
+        if other.name.lower().startswith(stem.lower() + ".") and other.name != path.name:
+            if other.name.startswith(stem + ".") and other.name[len(stem) :] not in SUFFIXES:
+                known = ", ".join(SUFFIXES)
+                return f"; found {other.name}: a cohort's images are read as {known}"
             return f"; found {other.name}: names are case-sensitive, suffixes lower case"
     return ""
 

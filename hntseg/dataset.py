@@ -38,7 +38,8 @@ from hntseg.cohort import (
     boxes_path,
     discover,
     expected_path,
-    gradmap_path,
+    find_gradmap,
+    report_gradmaps,
     sort_key,
 )
 from hntseg.errors import InputError
@@ -140,9 +141,8 @@ def _ready_file(folder: Path | None, pid: str, phase: str, kind: str) -> Path | 
     if folder is None:
         return None
     if kind == "gradmap":
-        path = gradmap_path(folder, pid, phase)
-    else:
-        path = boxes_path(folder, pid, phase)
+        return find_gradmap(folder, pid, phase)
+    path = boxes_path(folder, pid, phase)
     return path if path.is_file() else None
 
 
@@ -391,6 +391,10 @@ def build_dataset(
         pre_rt,
         ids,
     )
+    if gradmaps is not None and "gradmap" in chans:
+        at = chans.index("gradmap")
+        given = sum(c.channels[at].path is not None for c in cases)
+        report_gradmaps(Path(gradmaps), given, len(cases))
     pids = sorted({c.pid for c in cases}, key=sort_key)
     splits = make_splits(pids, folds, seed, pre_rt)
 

@@ -63,7 +63,8 @@ CSV_COLUMNS = (
     "fp",
     "fn",
 )
-_NAME = re.compile(r"^(?P<id>.+?)_(midRT_mask|preRT_mask_registered|preRT_mask)$")
+# `<id>_midRT`: what nnU-Net writes for hntseg's case names (a fold's validation folder)
+_NAME = re.compile(r"^(?P<id>.+?)_(midRT_mask|preRT_mask_registered|preRT_mask|midRT)$")
 # cohort-layout folders: which file of each patient a role reads
 COHORT_KEYS = {
     "ground truth": "midRT_mask",
@@ -77,7 +78,7 @@ COHORT_KEYS = {
 
 def case_id(path: str | Path) -> str:
     """Patient id of a mask file: `<id>_midRT_mask`, `<id>_preRT_mask_registered`,
-    `<id>_preRT_mask` or plain `<id>` (any image extension)."""
+    `<id>_preRT_mask`, `<id>_midRT` or plain `<id>` (any image extension)."""
     stem = strip_suffix(path)
     match = _NAME.match(stem)
     return match.group("id") if match else stem
@@ -132,6 +133,12 @@ def match_cases(
     gts = find_masks(gt_dir, "ground truth")
     preds = find_masks(pred_dir, "prediction")
     extra = [pid for pid in preds if pid not in gts]
+    if preds and len(extra) == len(preds):  # not one match: a naming mistake, not 0 Dice
+        raise InputError(
+            f"{pred_dir}: none of its {len(preds)} prediction(s) ({', '.join(extra[:3])}"
+            f"{', ...' if len(extra) > 3 else ''}) matches a ground-truth patient id in "
+            f"{gt_dir} ({', '.join(list(gts)[:3])}{', ...' if len(gts) > 3 else ''})"
+        )
     if extra:
         log.warning(
             "%s: %d prediction(s) without ground truth ignored: %s",

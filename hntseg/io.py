@@ -413,16 +413,21 @@ class Grid:
         """Describe how `other` differs from this grid, or None if they match."""
         if self.size != other.size:
             return f"size {other.size} != {self.size}"
+        # direction before origin: a file flipped into another axis order (nibabel's RAS
+        # canonical form) has another origin too, and the direction is what to fix
         checks = (
             ("spacing", self.spacing, other.spacing, tol),
-            ("origin", self.origin, other.origin, tol * max(1.0, max(self.spacing))),
             ("direction", self.direction, other.direction, tol),
+            ("origin", self.origin, other.origin, tol * max(1.0, max(self.spacing))),
         )
         for name, a, b, t in checks:
             if not np.allclose(a, b, rtol=0.0, atol=t):
                 fmt = ", ".join(f"{v:.4g}" for v in b)
                 ref = ", ".join(f"{v:.4g}" for v in a)
-                return f"{name} ({fmt}) != ({ref})"
+                hint = ""
+                if name == "direction" and np.allclose(np.abs(a), np.abs(b), atol=t):
+                    hint = " (axes flipped: reorient or resample it onto the reference)"
+                return f"{name} ({fmt}) != ({ref}){hint}"
         return None
 
 

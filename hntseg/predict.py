@@ -191,7 +191,7 @@ def _cohort_cases(
     gradmaps: Path | None,
     ids: Iterable[str] | None,
 ) -> list[PredictCase]:
-    from hntseg.cohort import discover, expected_path
+    from hntseg.cohort import discover, expected_path, find_gradmap
 
     patients = discover(cohort, required=("midRT_T2",), ids=ids)
     reg_root = Path(registered) if registered else cohort
@@ -213,12 +213,8 @@ def _cohort_cases(
         from_mask = False
         for ch in channels:
             if ch == "gradmap":
-                ready = None
-                if gradmaps is not None:
-                    from hntseg.cohort import gradmap_path
-
-                    ready = gradmap_path(gradmaps, p.id, "midRT")
-                if ready is not None and ready.is_file():
+                ready = find_gradmap(gradmaps, p.id, "midRT") if gradmaps is not None else None
+                if ready is not None:
                     files[ch] = ready
                 else:
                     files[ch] = registered_file(p.id, "preRT_mask_registered")
@@ -432,7 +428,7 @@ def ensemble_predict(
     `force`; a failing case is reported and the others go on (StageError at the end).
     `cpu_bf16` runs the network in bfloat16 on a CPU: faster, slightly different masks.
     `num_parts`/`part_id`: only this part of the cases (round-robin, for job arrays)."""
-    from hntseg.cohort import shard
+    from hntseg.cohort import report_gradmaps, shard
 
     shard(list(range(max(num_parts, 1))), num_parts, part_id)  # the part is valid
     folds, margin = check_options(dataset_id, folds, margin, ensemble, device)
@@ -448,6 +444,9 @@ def ensemble_predict(
         cases = _ready_cases(src, channels)
     else:
         cases = _cohort_cases(src, channels, reg_dir, gradmap_dir, ids)
+        if gradmap_dir is not None and "gradmap" in channels:
+            given = sum(not c.gradmap_from_mask for c in cases)
+            report_gradmaps(Path(gradmap_dir), given, len(cases))
     if not cases:
         raise InputError(f"{src}: no cases to predict")
     cases = shard(cases, num_parts, part_id)

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from hntseg.boxes import BoxSet, read_boxes
-from hntseg.cohort import Patient, boxes_path, gradmap_path
+from hntseg.cohort import Patient, boxes_path, find_gradmap, gradmap_path
 from hntseg.errors import InputError
 from hntseg.figures import pyplot, save_png, window
 from hntseg.io import Grid, check_out_folder, check_same_grid, read_image, read_mask
@@ -280,7 +280,7 @@ def qc_cohort(
         inputs = {
             "t2": t2_path,
             "boxes": boxes_path(boxes, p.id, phase),
-            "gradmap": gradmap_path(gradmaps, p.id, phase),
+            "gradmap": find_gradmap(gradmaps, p.id, phase) or gradmap_path(gradmaps, p.id, phase),
             **{f"mask:{k}": v for k, v in mask_paths.items()},
         }
         for key in ("boxes", "gradmap"):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from hntseg.cli import app
 from hntseg.dataset import build_dataset, make_splits
+from hntseg.errors import InputError
 from hntseg.io import Grid, read_mask
 
 runner = CliRunner()
@@ -359,6 +360,75 @@ def test_interrupted_rebuild_is_not_up_to_date(cohort, tmp_path, monkeypatch):
     assert not (raw / "hntseg_dataset.record.json").exists()
     build_dataset(a, work, 8, folds=3)  # not "up to date": rebuilt
     assert _case_bytes(raw) == files
+
+
+def test_gradmaps_of_another_tool_in_another_format_are_used_or_warned(cohort, tmp_path):
+    """Ready maps saved as .mha (another tool's) were ignored without a word and replaced by
+    maps computed with other random margins; a --gradmaps folder that supplies none is now
+    a warning, and the log says how many came from it."""
+    import logging
+
+    from hntseg.boxes import boxes_cohort
+    from hntseg.gradmap import gradmap_cohort
+    from hntseg.log import log
+
+    ids = ["1", "2", "3"]
+    boxes_cohort(cohort, tmp_path / "boxes", margin=(3, 3), ids=ids)
+    maps = gradmap_cohort(cohort, tmp_path / "boxes", tmp_path / "maps", ids=ids)
+    mha = tmp_path / "maps_mha"
+    for path in maps.values():
+        dst = mha / path.parent.name / path.name.replace(".nii.gz", ".mha")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(dst))
+    (tmp_path / "empty").mkdir()
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        arrays = {}
+        for name in ("maps", "maps_mha", "empty"):
+            work = tmp_path / f"w_{name}"
+            build_dataset(cohort, work, 12, folds=3, ids=ids, gradmaps=tmp_path / name)
+            raw = _raw(work, 12)
+            arrays[name] = [
+                sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+                for f in sorted((raw / "imagesTr").glob("*_0001.nii.gz"))
+            ]
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert len(arrays["maps"]) == 6
+    same = [np.array_equal(a, b) for a, b in zip(arrays["maps"], arrays["maps_mha"], strict=True)]
+    computed = [np.array_equal(a, b) for a, b in zip(arrays["maps"], arrays["empty"], strict=True)]
+    assert all(same) and not all(computed)
+    said = [r.getMessage() for r in seen]
+    assert sum("gradient maps: 6 from" in m for m in said) == 2
+    warned = [
+        r for r in seen if r.levelno == logging.WARNING and "no gradient map" in r.getMessage()
+    ]
+    assert len(warned) == 1 and str(tmp_path / "empty") in warned[0].getMessage()
+
+
+def test_nrrd_cohort_is_read_and_unread_suffix_is_named(cohort, tmp_path):
+    """A cohort in .nrrd (a common export) was refused with "no file named ..."; a suffix a
+    cohort does not read (.mhd) is now named as such."""
+    from hntseg.cohort import discover
+
+    src = tmp_path / "nrrd"
+    for f in (cohort / "1").rglob("*.nii.gz"):
+        dst = src / f.relative_to(cohort).with_name(f.name.replace(".nii.gz", ".nrrd"))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(str(f)), str(dst))
+    (patient,) = discover(src)
+    assert patient.get("midRT_T2").name == "1_midRT_T2.nrrd"
+    mhd = src / "1" / "midRT" / "1_midRT_T2.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(patient.get("midRT_T2"))), str(mhd))
+    patient.get("midRT_T2").unlink()
+    with pytest.raises(InputError, match=r"found 1_midRT_T2\.mhd: a cohort's images are read as"):
+        discover(src)[0].require("midRT_T2")
 
 
 def test_missing_gradmaps_folder_is_one_line(cohort, tmp_path):

@@ -116,6 +116,29 @@ def test_case_ids_from_file_names():
     assert case_id("7_preRT_mask.mha") == "7"
     assert case_id("12.mha") == "12"
     assert case_id("case_3.nii.gz") == "case_3"
+    assert case_id("/v/81_midRT.nii.gz") == "81"  # nnU-Net's name for hntseg's case 81_midRT
+
+
+def test_nnunet_case_names_match_and_no_match_at_all_is_an_error(flat_pair, tmp_path):
+    """A fold's validation folder (`<id>_midRT.nii.gz`, nnU-Net's names for hntseg's cases)
+    was not matched: refused, or with --allow-missing every case scored as empty (DSCagg 0,
+    exit 0). Predictions none of which matches any ground truth are now an error."""
+    pred_dir, gt_dir, gt, pred = flat_pair
+    nn = tmp_path / "validation"
+    nn.mkdir()
+    for f, name in (
+        ("1.nii.gz", "1_midRT.nii.gz"),
+        ("2_preRT_mask_registered.nii.gz", "2_midRT.nii.gz"),
+    ):
+        (nn / name).write_bytes((pred_dir / f).read_bytes())
+    a, b = evaluate(pred_dir, gt_dir), evaluate(nn, gt_dir)
+    assert a["dscagg"] == b["dscagg"] and b["dscagg"]["GTVp"] > 0.5
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "1_preRT.nii.gz").write_bytes((pred_dir / "1.nii.gz").read_bytes())
+    for extra in ([], ["--allow-missing"]):
+        line = one_line_error(runner.invoke(app, ["evaluate", str(other), str(gt_dir), *extra]))
+        assert "none of its 1 prediction(s) (1_preRT)" in line and str(other) in line
 
 
 def test_flat_folders_and_both_layouts(flat_pair, tiny_cohort, tmp_path):

@@ -124,6 +124,15 @@ def test_grid_check_rejects_mismatch(other, what):
         check_same_grid(_img(), other, "other.nii.gz")
 
 
+def test_flipped_axes_are_named_as_such_not_as_an_origin():
+    """nibabel's RAS canonical copy of an LPS image: same space, x and y flipped, so the
+    origin differs too; the message named the origin, not the direction to fix."""
+    lps = _img(origin=(10.0, 20.0, 0.0))
+    ras = _img(origin=(-12.0, -22.0, 0.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    with pytest.raises(InputError, match=r"direction .*axes flipped: reorient or resample"):
+        check_same_grid(lps, ras, "ras.nii.gz")
+
+
 def test_grid_check_accepts_tiny_float_noise():
     check_same_grid(_img(), _img(spacing=(0.5 + 1e-7, 0.5, 2.0)), "x")
 
