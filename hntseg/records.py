@@ -3,6 +3,9 @@
 A record (`*.record.json` beside the outputs) holds the stage, inputs with their
 SHA-256, parameters, seed, versions and outputs. A step is done when its record exists,
 its fingerprint (hash of input contents + parameters) matches, and every output exists.
+An input whose file is the one the record saw (same device, inode, size and modification
+time) is not read again: its recorded SHA-256 stands, so a resumed run over a cohort does
+not re-read every image (any change to those four, e.g. a rewrite, means reading it).
 """
 
 from __future__ import annotations
@@ -58,14 +61,45 @@ def file_digest(path: str | Path, _cache: dict[tuple[str, int, int], str] = {}) 
     return _cache[key]
 
 
-def fingerprint(inputs: Mapping[str, str | Path | None], params: Mapping[str, Any]) -> str:
-    """Hash of input file contents and parameters: the identity of a piece of work."""
+def fingerprint(
+    inputs: Mapping[str, str | Path | None],
+    params: Mapping[str, Any],
+    digests: Mapping[str, str | None] | None = None,
+) -> str:
+    """Hash of input file contents and parameters: the identity of a piece of work.
+    `digests`: SHA-256s already known (from a record whose file is unchanged)."""
+    known = digests or {}
     payload = {
-        "inputs": {k: (file_digest(v) if v is not None else None) for k, v in inputs.items()},
+        "inputs": {
+            k: (known.get(k) or file_digest(v)) if v is not None else None
+            for k, v in inputs.items()
+        },
         "params": params,
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def stat_key(path: str | Path) -> list[int]:
+    """Device, inode, size and modification time (ns): the same file, unchanged, when all
+    four match (as make and git judge it; a copy or rewrite gets another inode or time)."""
+    st = Path(path).stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _unchanged_digests(
+    record: Mapping[str, Any], inputs: Mapping[str, str | Path | None]
+) -> dict[str, str]:
+    """The recorded SHA-256 of each input whose file is the one the record saw."""
+    shas, stats = record.get("input_sha256"), record.get("input_stat")
+    if not isinstance(shas, dict) or not isinstance(stats, dict):
+        return {}
+    out = {}
+    for k, v in inputs.items():
+        sha = shas.get(k)
+        if v is not None and isinstance(sha, str) and stats.get(k) == stat_key(v):
+            out[k] = sha
+    return out
 
 
 def case_seed(seed: int, case_id: str, purpose: str = "") -> int:
@@ -100,6 +134,7 @@ def write_record(
         "fingerprint": fingerprint(inputs, params),
         "inputs": {k: (str(v) if v is not None else None) for k, v in inputs.items()},
         "input_sha256": {k: (file_digest(v) if v else None) for k, v in inputs.items()},
+        "input_stat": {k: (stat_key(v) if v else None) for k, v in inputs.items()},
         "params": dict(params),
         "seed": seed,
         "outputs": [_relative(p, Path(path).parent) for p in outputs],
@@ -131,7 +166,7 @@ def is_done(
         return False
     if not isinstance(record, dict):  # valid JSON but not a record (a hand edit): redo
         return False
-    if record.get("fingerprint") != fingerprint(inputs, params):
+    if record.get("fingerprint") != fingerprint(inputs, params, _unchanged_digests(record, inputs)):
         return False
     base = record_path.parent
     outputs = record.get("outputs", [])

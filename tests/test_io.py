@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import make_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hntseg.errors import InputError
 from hntseg.io import (
@@ -90,6 +92,27 @@ def test_mask_validation_rejects(values, dtype, message):
     arr.flat[: len(values)] = values
     with pytest.raises(InputError, match=message):
         validate_mask(make_image(arr), "m.nii.gz")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(-3, 5), min_size=1, max_size=24),
+    dtype=st.sampled_from([np.int8, np.int16, np.uint8, np.uint16, np.int32, np.float32]),
+)
+def test_mask_is_valid_exactly_when_every_value_is_a_label(values, dtype):
+    """validate_mask decides by min and max (no np.unique over the volume): the same
+    verdict as the definition, labels {0, 1, 2}, and a bad label is named."""
+    if np.dtype(dtype).kind == "u":
+        values = [abs(v) for v in values]
+    arr = np.zeros((2, 3, 4), dtype)
+    arr.flat[: len(values)] = values
+    bad = sorted({v for v in arr.ravel().tolist() if v not in (0, 1, 2)})
+    if bad:
+        with pytest.raises(InputError, match=f"labels {int(bad[0])}"):
+            validate_mask(make_image(arr), "m.nii.gz")
+    else:
+        out = validate_mask(make_image(arr), "m.nii.gz")
+        assert np.array_equal(sitk.GetArrayFromImage(out), arr.astype(np.uint8))
 
 
 def test_mask_validation_accepts_float_and_int_labels(tmp_path):

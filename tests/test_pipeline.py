@@ -303,7 +303,7 @@ def test_sharded_fake_stage_union_equals_whole(tmp_path, fake_work):
 # left out of the comparison: times, and hashes of inputs whose bytes hold the work folder's
 # absolute path (their contents are compared with the path replaced)
 VOLATILE = {"written", "finished", "started", "duration_s", "runtime_s", "seconds", "elapsed_s"}
-VOLATILE |= {"fingerprint", "input_sha256"}
+VOLATILE |= {"fingerprint", "input_sha256", "input_stat"}
 
 
 def comparable(work: Path) -> dict[str, object]:

@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -58,6 +59,50 @@ def test_boxes_and_gradmap_killed_before_their_record_rerun(tiny_cohort, tmp_pat
     assert boxes_case(mask, boxes, (2, 6), seed=0)[1]  # redone, not "already done"
     assert gradmap_case(t2, boxes, gm)
     assert (boxes.read_bytes(), gm.read_bytes()) == first
+
+
+def test_resume_does_not_reread_unchanged_inputs_but_sees_every_change(
+    tiny_cohort, tmp_path, monkeypatch
+):
+    """A no-op rerun read every input image in full to hash it (on a real cohort, each
+    stage re-read every T2). An input that is the file the record saw (device, inode, size,
+    mtime) keeps its recorded hash; a rewrite or a touch is read again, and a content change
+    is redone."""
+    import shutil
+
+    src = tiny_cohort / "1" / "preRT"
+    mask, t2 = tmp_path / "m.nii.gz", tmp_path / "t.nii.gz"
+    shutil.copy(src / "1_preRT_mask.nii.gz", mask)
+    shutil.copy(src / "1_preRT_T2.nii.gz", t2)
+    boxes, gm = tmp_path / "b.json", tmp_path / "g.nii.gz"
+    boxes_case(mask, boxes, (2, 6), seed=0)
+    assert gradmap_case(t2, boxes, gm)
+    record = records.read_json(records.record_path(gm), "record")
+    assert record["input_stat"]["t2"] == records.stat_key(t2)
+
+    read: list[str] = []
+    digest = records.file_digest
+
+    def counting(path, *args):
+        read.append(Path(path).name)
+        return digest(path, {})  # no in-process cache: every call reads the file
+
+    monkeypatch.setattr(records, "file_digest", counting)
+    assert gradmap_case(t2, boxes, gm) is False and read == []  # done; nothing read
+    os.utime(t2, ns=(t2.stat().st_atime_ns, t2.stat().st_mtime_ns + 10**9))  # touched
+    assert gradmap_case(t2, boxes, gm) is False and read == ["t.nii.gz"]  # read, same bytes
+    read.clear()
+    import SimpleITK as sitk
+
+    other = tmp_path / "other.nii.gz"
+    image = sitk.ReadImage(str(t2))
+    sitk.WriteImage(sitk.Square(image), str(other))  # another image on the same grid
+    before = t2.read_bytes()
+    with open(t2, "r+b") as f:  # rewritten in place: same inode
+        f.write(other.read_bytes())
+        f.truncate()
+    assert t2.read_bytes() != before
+    assert gradmap_case(t2, boxes, gm) is True and "t.nii.gz" in read
 
 
 def test_evaluate_killed_before_its_record_reruns(tiny_cohort, tmp_path, monkeypatch):
