@@ -24,6 +24,10 @@ class Context:
     force: bool = False  # the stage now running was forced: redo its finished cases too
     changed: bool = False  # ... or its inputs/options changed since its last finished run
     extra: dict[str, Any] = field(default_factory=dict)
+    # patient ids found under each folder, kept until a stage runs (see patient_ids)
+    _found: dict[Path, list[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def work(self) -> Path:
@@ -74,19 +78,34 @@ class Context:
             return self.cohort
         return self.work / name
 
-    def all_ids(self, root: Path | None = None) -> list[str]:
-        """Patient ids of the cohort (or `root`), restricted to the config's `ids`."""
+    def patient_ids(self, root: Path) -> list[str]:
+        """Ids of the patient folders under `root`, discovered once until forget_patients(),
+        which the pipeline calls after each stage that runs (a no-op run asked some 20
+        times, each a stat() of every case file)."""
         from hntseg.cohort import discover
 
-        patients = discover(root or self.cohort, required=(), check_readable=False)
-        ids = [p.id for p in patients]
+        root = Path(root)
+        if root not in self._found:
+            patients = discover(root, required=(), check_readable=False)
+            self._found[root] = [p.id for p in patients]
+        return list(self._found[root])
+
+    def forget_patients(self) -> None:
+        """Drop the ids found so far: a stage that runs may add or remove patients."""
+        self._found.clear()
+
+    def all_ids(self, root: Path | None = None) -> list[str]:
+        """Patient ids of the cohort (or `root`), restricted to the config's `ids`."""
+        ids = self.patient_ids(root or self.cohort)
         wanted = self.config.get("ids")
         if wanted:
-            missing = [i for i in wanted if i not in ids]
+            have = set(ids)
+            missing = [i for i in wanted if i not in have]
             if missing:
                 shown = ", ".join(map(str, missing))
                 raise InputError(f"{root or self.cohort}: no patient folder for id(s) {shown}")
-            ids = [i for i in ids if i in set(wanted)]
+            keep = set(wanted)
+            ids = [i for i in ids if i in keep]
         return ids
 
     def ids(self, root: Path | None = None) -> list[str]:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -575,6 +575,75 @@ def _remove_unrecorded(task: Mapping[str, Any]) -> None:
             path.unlink()
 
 
+class _CasePlan(NamedTuple):
+    """A case's checked id, inputs, output paths, elastix maps and record parameters."""
+
+    case_id: str
+    inputs: dict[str, Path]
+    paths: dict[str, Path]
+    maps: list[ParameterMap] | None
+    params: dict[str, Any]
+
+
+def _plan_case(
+    pre_t2: str | Path | None,
+    pre_mask: str | Path | None,
+    mid_t2: str | Path,
+    out: str | Path,
+    case_id: str,
+    method: str = "elastix",
+    preset: str = "fast",
+    params: Sequence[str | Path] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    mid_mask: str | Path | None = None,
+    provided_t2: str | Path | None = None,
+    provided_mask: str | Path | None = None,
+    maps: Sequence[ParameterMap] | None = None,
+) -> _CasePlan:
+    """register_case's checks, up to whether the case is done (InputError when bad); shared
+    with register_cohort, which skips done cases before it starts a pool."""
+    case_id = check_case_id(case_id)
+    if maps is None:
+        maps = check_options(method, preset, params, threads)
+    else:
+        check_options(method, preset, params, threads, parse=False)
+    paths = case_outputs(out, case_id)
+    if method == "provided":
+        if provided_t2 is None or provided_mask is None:
+            raise InputError(f"case {case_id}: method provided needs the organizers' files")
+        inputs = {"preRT_T2_registered": provided_t2, "preRT_mask_registered": provided_mask}
+    else:
+        if pre_t2 is None or pre_mask is None:
+            raise InputError(f"case {case_id}: needs the pre-RT T2 and mask")
+        inputs = {"preRT_T2": pre_t2, "preRT_mask": pre_mask}
+    inputs = {k: Path(v) for k, v in {**inputs, "midRT_T2": mid_t2}.items()}
+    for i, p in enumerate(params or []):
+        inputs[f"params/{i}"] = Path(p)
+    checked = {**inputs, **({"midRT_mask": Path(mid_mask)} if mid_mask is not None else {})}
+    for key, path in checked.items():
+        if not path.is_file():
+            raise InputError(f"{path}: {key} not found")
+    _check_outputs_apart(checked, paths, out, case_id)
+    case_maps = _case_maps(maps or [], seed) if method == "elastix" else None
+    fingerprint_params = _case_params(method, preset, case_maps, seed)
+    return _CasePlan(case_id, inputs, paths, case_maps, fingerprint_params)
+
+
+def _skipped(task: Mapping[str, Any]) -> CaseResult | None:
+    """The `skipped` result a worker would return for this task, or None when the case is
+    to run (or its inputs are bad: the run then reports that as it always did)."""
+    if task["force"]:
+        return None
+    try:
+        case = _plan_case(**{k: v for k, v in task.items() if k != "force"})
+        if is_done(case.paths["record"], case.inputs, case.params):
+            return CaseResult(case.case_id, "skipped", record=str(case.paths["record"]))
+    except Exception:
+        return None
+    return None
+
+
 def register_case(
     pre_t2: str | Path | None,
     pre_mask: str | Path | None,
@@ -600,30 +669,22 @@ def register_case(
     written only once everything is computed and checked, the record last; a case that
     fails for any reason leaves none of its outputs behind.
     """
-    case_id = check_case_id(case_id)
-    if maps is None:
-        maps = check_options(method, preset, params, threads)
-    else:
-        check_options(method, preset, params, threads, parse=False)
-    paths = case_outputs(out, case_id)
-    if method == "provided":
-        if provided_t2 is None or provided_mask is None:
-            raise InputError(f"case {case_id}: method provided needs the organizers' files")
-        inputs = {"preRT_T2_registered": provided_t2, "preRT_mask_registered": provided_mask}
-    else:
-        if pre_t2 is None or pre_mask is None:
-            raise InputError(f"case {case_id}: needs the pre-RT T2 and mask")
-        inputs = {"preRT_T2": pre_t2, "preRT_mask": pre_mask}
-    inputs = {k: Path(v) for k, v in {**inputs, "midRT_T2": mid_t2}.items()}
-    for i, p in enumerate(params or []):
-        inputs[f"params/{i}"] = Path(p)
-    checked = {**inputs, **({"midRT_mask": Path(mid_mask)} if mid_mask is not None else {})}
-    for key, path in checked.items():
-        if not path.is_file():
-            raise InputError(f"{path}: {key} not found")
-    _check_outputs_apart(checked, paths, out, case_id)
-    case_maps = _case_maps(maps or [], seed) if method == "elastix" else None
-    fingerprint_params = _case_params(method, preset, case_maps, seed)
+    case_id, inputs, paths, case_maps, fingerprint_params = _plan_case(
+        pre_t2,
+        pre_mask,
+        mid_t2,
+        out,
+        case_id,
+        method,
+        preset,
+        params,
+        seed,
+        threads,
+        mid_mask,
+        provided_t2,
+        provided_mask,
+        maps,
+    )
     if not force and is_done(paths["record"], inputs, fingerprint_params):
         return CaseResult(case_id, "skipped", record=str(paths["record"]))
     try:
@@ -858,19 +919,29 @@ def register_cohort(
         }
         for p in patients
     ]
-    results: list[CaseResult] = []
-    if workers == 1 or len(tasks) <= 1:
-        for task in progress(tasks, f"register ({method})"):
-            results.append(_run_case(task))
-            _report(results[-1])
+    by_id: dict[str, CaseResult] = {}
+    pending = tasks
+    if workers > 1 and len(tasks) > 1:
+        # a worker's first check, made here: no pool (and no imports in it) for done cases
+        pending = []
+        for task in tasks:
+            skipped = _skipped(task)
+            if skipped is None:
+                pending.append(task)
+            else:
+                by_id[task["case_id"]] = skipped
+                _report(skipped)
+    if workers == 1 or len(pending) <= 1:
+        for task in progress(pending, f"register ({method})"):
+            by_id[task["case_id"]] = _run_case(task)
+            _report(by_id[task["case_id"]])
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = multiprocessing.get_context("spawn")  # no fork after ITK threads started
-        by_id: dict[str, CaseResult] = {}
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-            futures = {pool.submit(_run_case, t): t for t in tasks}
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
+            futures = {pool.submit(_run_case, t): t for t in pending}
             for fut in progress(as_completed(futures), f"register ({method})", len(futures)):
                 task = futures[fut]
                 pid = task["case_id"]
@@ -880,7 +951,7 @@ def register_cohort(
                     by_id[pid] = CaseResult(pid, "failed", f"worker died: {one_line(exc)}")
                     _remove_unrecorded(task)
                 _report(by_id[pid])
-        results = [by_id[t["case_id"]] for t in tasks]
+    results = [by_id[t["case_id"]] for t in tasks]
     failed = [r for r in results if r.status == "failed"]
     if failed and raise_on_failure:
         shown = "; ".join(f"{r.id}: {r.error}" for r in failed[:5])

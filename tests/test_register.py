@@ -582,3 +582,47 @@ def test_after_a_worker_died_only_unrecorded_outputs_go(small, tmp_path):
     provided = expected_path(small, "2", "preRT_mask_registered")
     _remove_unrecorded({"out": linked, "case_id": "2", "provided_mask": provided})
     assert provided.is_file()
+
+
+def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
+    """With --workers, finished cases are skipped before the pool starts (each spawned worker
+    costs its start-up, and itk's import for elastix): a rerun with nothing to do starts
+    none, one case left runs here as with --workers 1, and the pool is never bigger than
+    the cases left to run."""
+    import concurrent.futures
+    from concurrent.futures import Future
+
+    from hntseg.register import register_cohort
+
+    pools: list[int] = []
+
+    class InlinePool:  # the cases run here, at once; records the pool's size
+        def __init__(self, max_workers: int, mp_context=None) -> None:
+            pools.append(max_workers)
+
+        def __enter__(self) -> InlinePool:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def submit(self, fn, *args) -> Future:
+            future: Future = Future()
+            future.set_result(fn(*args))
+            return future
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlinePool)
+    out = tmp_path / "o"
+
+    def statuses(**kw) -> list[str]:
+        results = register_cohort(tiny_cohort, out, method="identity", **kw)
+        return [r.status for r in results]
+
+    assert statuses(ids=["2"]) == ["ok"]
+    assert statuses(workers=8) == ["ok", "skipped", "ok", "ok"] and pools == [3]
+    done = register_cohort(tiny_cohort, out, method="identity")  # one worker
+    assert register_cohort(tiny_cohort, out, method="identity", workers=8) == done
+    assert pools == [3]  # nothing to do: no pool
+    (out / "3" / "register.record.json").unlink()
+    assert statuses(workers=8) == ["skipped", "skipped", "ok", "skipped"] and pools == [3]
+    assert statuses(workers=2, force=True) == ["ok"] * 4 and pools == [3, 2]
