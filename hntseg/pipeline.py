@@ -269,6 +269,26 @@ def _check_fold_count(ctx: Context, stages: Sequence[Stage], only: Sequence[str]
         )
 
 
+def _check_predict_ids(ctx: Context, stages: Sequence[Stage], only: Sequence[str]) -> None:
+    """A predict.ids entry without a patient folder would stop the run at prediction, after
+    training: say so before anything runs (the dry run too), as for the top-level ids."""
+    wanted = ctx.config["predict"]["ids"]
+    predict = [s for s in stages if s.name == "predict"]
+    if not wanted or not predict or "predict" in ctx.config["skip"]:
+        return
+    if only and not _match(only, predict[0]):
+        return
+    if ctx.config["synth"]["enabled"] and not ctx.config["predict"]["cohort"]:
+        return  # synth has yet to write the patients
+    root = ctx.path("predict_cohort")
+    if not root.is_dir():
+        return
+    have = set(ctx.patient_ids(root))
+    missing = [str(i) for i in wanted if str(i) not in have]
+    if missing:
+        raise InputError(f"{root}: predict.ids: no patient {', '.join(missing)}")
+
+
 def _elastix_versions() -> dict[str, str]:
     out = {}
     for name in ("itk", "itk-elastix"):
@@ -308,6 +328,7 @@ def run_pipeline(
     check_stage_names(only, stages, "--only")
     ctx = Context(config, num_parts=num_parts, part_id=part_id)
     _check_fold_count(ctx, stages, only)
+    _check_predict_ids(ctx, stages, only)
     record: dict[str, Any] = {
         "hntseg_run": 1,
         "config_path": str(config_path) if config_path else None,
@@ -416,6 +437,8 @@ def _run_stages(
             entry.update(status="failed", duration_s=round(time.perf_counter() - t0, 3))
             entry["error"] = one_line(exc)
             raise
+        finally:
+            ctx.forget_patients()  # it may have added or removed patients: find them again
         duration = time.perf_counter() - t0
         # hash the inputs again after the run: what the stage actually used
         inputs = {k: hash_path(v) for k, v in stage.inputs(ctx).items()}

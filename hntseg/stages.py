@@ -537,11 +537,11 @@ def _predict_ids(ctx: Context, whole: bool = False) -> list[str]:
     """Patients to predict (and score): predict.ids, else every patient of predict.cohort
     (with the top-level `ids` filter when it is the training cohort); this part's share
     with --num-parts unless `whole`."""
-    from hntseg.cohort import discover, shard
+    from hntseg.cohort import shard
 
     root = ctx.path("predict_cohort")
     if ctx.config["predict"]["cohort"]:  # another cohort: the top-level `ids` do not apply
-        have = [p.id for p in discover(root, required=(), check_readable=False)]
+        have = ctx.patient_ids(root)
     else:
         have = ctx.all_ids(root)
     wanted = ctx.config["predict"]["ids"]
@@ -642,6 +642,19 @@ def _evaluate_stage() -> Stage:
             "predictions": ctx.path("predictions"),
         }
 
+    def skip_reason(ctx: Context) -> str | None:
+        """New patients without mid-RT masks (segmentation only): nothing to score."""
+        root = gt_root(ctx)
+        if not root.is_dir():  # not written yet (synth): decided when it exists
+            return None
+        try:
+            masks = _files(root, _predict_ids(ctx, whole=True), "midRT_mask", "m")
+        except HntsegError:  # bad ids: the stage's inputs say so
+            return None
+        if masks and not any(p.is_file() for p in masks.values()):
+            return f"no mid-RT masks in {root} to score against (segmentation only)"
+        return None
+
     return Stage(
         "evaluate",
         run,
@@ -659,6 +672,7 @@ def _evaluate_stage() -> Stage:
         ),
         options=lambda ctx: {**ctx.config["evaluate"], "ids": _predict_ids(ctx, whole=True)},
         after=("synth", "predict"),
+        skip_reason=skip_reason,
     )
 
 
