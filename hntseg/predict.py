@@ -36,6 +36,7 @@ from hntseg.io import (
     write_image,
 )
 from hntseg.log import log, progress, quiet_stdout, status
+from hntseg.machine import native_bf16
 from hntseg.nnunet import (
     CONFIGURATION,
     FULL_TRAINER,
@@ -150,7 +151,7 @@ def find_model(
     f = missing[0]
     raise InputError(
         f"{best / f'fold_{f}' / checkpoint}: fold {f} was never trained "
-        f"(run hntseg train --dataset-id {dataset_id} --fold {f})"
+        f"(run hntseg train --work {work} --dataset-id {dataset_id} --fold {f})"
     )
 
 
@@ -319,6 +320,12 @@ class Ensemble:
         self.cpu_bf16 = cpu_bf16 and device.type == "cpu"
         if cpu_bf16 and not self.cpu_bf16:
             log.warning(f"--cpu-bf16 ignored on device {device.type} (it applies to CPUs)")
+        if self.cpu_bf16 and native_bf16() is False:
+            log.warning(
+                "--cpu-bf16: this CPU has no native bfloat16 (no avx512_bf16, amx_bf16 or bf16 "
+                "in /proc/cpuinfo); torch emulates it, far slower than float32 (20x measured "
+                "on an AVX2-only CPU); drop --cpu-bf16 here"
+            )
         self.predictor = nnUNetPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,

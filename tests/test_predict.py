@@ -26,6 +26,9 @@ class HeavyWork(Exception):
     """Raised by the spies: the command got past its checks to the device / model."""
 
 
+ENSEMBLE = predict.Ensemble  # the real class, for the one test that builds it
+
+
 @pytest.fixture(autouse=True)
 def no_heavy_work(monkeypatch):
     """Choosing the device or loading the model fails the test (raises HeavyWork)."""
@@ -192,7 +195,10 @@ def test_untrained_fold_names_its_checkpoint(tmp_path):
     args = challenge_args(work, tmp_path) + ["--folds", "0,1,2"]
     before = tree(tmp_path)
     result = invoke(args)
-    assert_one_line_error(result, str(folder / "fold_2" / "checkpoint_final.pth"), "never trained")
+    line = assert_one_line_error(
+        result, str(folder / "fold_2" / "checkpoint_final.pth"), "never trained"
+    )
+    assert f"hntseg train --work {work} --dataset-id 7 --fold 2" in line  # runnable as said
     assert tree(tmp_path) == before
 
 
@@ -344,3 +350,46 @@ def test_damaged_checkpoint_is_one_line_naming_it(tmp_path, monkeypatch):
     torch.save({"not": "nnU-Net's"}, folder / "fold_1" / "checkpoint_final.pth")
     with pytest.raises(KeyError):  # readable files, not nnU-Net's: nnU-Net's own error
         predict.Ensemble(folder, [0, 1], torch.device("cpu"), tta=False)
+
+
+def test_native_bf16_from_cpuinfo(tmp_path):
+    """--cpu-bf16 ran 20x slower than float32 on an AVX2-only CPU without a word: whether
+    the CPU has native bfloat16 is read from /proc/cpuinfo (x86 flags, ARM features)."""
+    from hntseg.machine import native_bf16
+
+    cases = {
+        "flags\t\t: fpu sse2 avx2 fma\n": False,
+        "flags\t\t: fpu avx2 avx512f avx512_bf16\n": True,
+        "flags\t\t: fpu avx2 amx_bf16 amx_tile\n": True,
+        "Features\t: fp asimd sve bf16 i8mm\n": True,
+        "processor\t: 0\n": False,
+    }
+    for text, expected in cases.items():
+        path = tmp_path / "cpuinfo"
+        path.write_text("processor\t: 0\n" + text)
+        assert native_bf16(path) is expected, text
+    assert native_bf16(tmp_path / "nowhere") is None
+
+
+def test_cpu_bf16_without_native_support_warns(tmp_path, monkeypatch):
+    import logging
+
+    import torch
+
+    from hntseg.errors import InputError
+    from hntseg.log import log
+
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        for native in (False, True, None):
+            seen.clear()
+            monkeypatch.setattr(predict, "native_bf16", lambda n=native: n)
+            with pytest.raises(InputError, match="checkpoint"):  # no model there
+                ENSEMBLE(tmp_path, [0], torch.device("cpu"), cpu_bf16=True)
+            warned = any("no native bfloat16" in m for m in seen)
+            assert warned is (native is False), (native, seen)
+    finally:
+        log.removeHandler(handler)
