@@ -18,7 +18,7 @@ import numpy as np
 
 from hntseg.errors import InputError
 from hntseg.evaluate import find_masks, score
-from hntseg.figures import pyplot, save_png
+from hntseg.figures import closes_figures_on_error, pyplot, save_png
 from hntseg.io import LABEL_NAMES, nan_to_null, read_mask, write_json, write_text
 
 
@@ -95,6 +95,7 @@ def compare(
     return result
 
 
+@closes_figures_on_error
 def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
     """Violin plot of paired DSC per structure, with the cases' points and pairing lines."""
     plt = pyplot()
@@ -207,6 +208,7 @@ def volume_change(
     return result
 
 
+@closes_figures_on_error
 def plot_volume_change(result: dict[str, Any], path: str | Path) -> Path:
     """Scatter of DSC against volume change per structure, coloured by mid-RT volume bin."""
     plt = pyplot()

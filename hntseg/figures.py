@@ -5,15 +5,17 @@ worst cases so that a low score can be looked at before it is reported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 
 from hntseg.io import LABEL_NAMES, Grid, atomic_path, read_image, read_mask, resample_to
 
+F = TypeVar("F", bound=Callable[..., Any])
 WORST = 3  # worst cases pictured per structure
 PAD = 12  # voxels around the lesion in the zoomed panel
 GT_COLOUR, PRED_COLOUR = "lime", "red"
@@ -27,6 +29,24 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def closes_figures_on_error(func: F) -> F:
+    """A plotting function that raises leaves no open figure behind (matplotlib keeps every
+    open figure: a cohort run with failing cases would pile them up in memory)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        plt = pyplot()
+        before = set(plt.get_fignums())
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def save_png(fig, path: str | Path, dpi: int = 120) -> Path:
@@ -49,6 +69,7 @@ def window(slice_: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------- evaluate
 
 
+@closes_figures_on_error
 def plot_dsc(rows: Sequence[dict[str, Any]], dscagg: dict[str, Any], path: str | Path) -> Path:
     """Per-case DSC of each structure (cases whose ground truth has it), DSCagg marked."""
     plt = pyplot()
@@ -115,6 +136,7 @@ def structure_masks(
     return g_img, g, sitk.GetArrayFromImage(p_img) == label
 
 
+@closes_figures_on_error
 def plot_case(row: dict[str, Any], pred: Path | None, gt: Path, path: str | Path) -> Path:
     """One structure of one case: ground truth (green) and prediction (red) outlines on the
     axial slice where they disagree most, whole slice and a zoom; the T2 underneath when

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from hntseg.boxes import BoxSet, read_boxes
 from hntseg.cohort import Patient, boxes_path, find_gradmap, gradmap_path
 from hntseg.errors import InputError
-from hntseg.figures import pyplot, save_png, window
+from hntseg.figures import closes_figures_on_error, pyplot, save_png, window
 from hntseg.io import Grid, check_out_folder, check_same_grid, read_image, read_mask
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
@@ -88,6 +88,7 @@ def check_grids(t2: sitk.Image, t2_path: Path, images: Mapping[Path, sitk.Image]
         check_same_grid(t2, image, path, t2_path)
 
 
+@closes_figures_on_error
 def qc_case(
     t2: sitk.Image,
     boxes: BoxSet,
