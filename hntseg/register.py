@@ -670,20 +670,20 @@ def register_case(
     fails for any reason leaves none of its outputs behind.
     """
     case_id, inputs, paths, case_maps, fingerprint_params = _plan_case(
-        pre_t2,
-        pre_mask,
-        mid_t2,
-        out,
-        case_id,
-        method,
-        preset,
-        params,
-        seed,
-        threads,
-        mid_mask,
-        provided_t2,
-        provided_mask,
-        maps,
+        pre_t2=pre_t2,
+        pre_mask=pre_mask,
+        mid_t2=mid_t2,
+        out=out,
+        case_id=case_id,
+        method=method,
+        preset=preset,
+        params=params,
+        seed=seed,
+        threads=threads,
+        mid_mask=mid_mask,
+        provided_t2=provided_t2,
+        provided_mask=provided_mask,
+        maps=maps,
     )
     if not force and is_done(paths["record"], inputs, fingerprint_params):
         return CaseResult(case_id, "skipped", record=str(paths["record"]))
