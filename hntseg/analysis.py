@@ -18,7 +18,7 @@ import numpy as np
 
 from hntseg.errors import InputError
 from hntseg.evaluate import find_masks, score
-from hntseg.figures import closes_figures_on_error, pyplot, save_png
+from hntseg.figures import save_png
 from hntseg.io import LABEL_NAMES, nan_to_null, read_mask, write_json, write_text
 
 
@@ -95,12 +95,13 @@ def compare(
     return result
 
 
-@closes_figures_on_error
 def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
     """Violin plot of paired DSC per structure, with the cases' points and pairing lines."""
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     names = result["names"]
-    fig, axes = plt.subplots(1, len(LABEL_NAMES), figsize=(8, 4), sharey=True)
+    fig = Figure(figsize=(8, 4))
+    axes = fig.subplots(1, len(LABEL_NAMES), sharey=True)
     for ax, name in zip(np.atleast_1d(axes), LABEL_NAMES.values(), strict=True):
         entry = result["structures"][name]
         data = [np.asarray(entry["dsc"][n], float) for n in names]
@@ -208,12 +209,14 @@ def volume_change(
     return result
 
 
-@closes_figures_on_error
 def plot_volume_change(result: dict[str, Any], path: str | Path) -> Path:
     """Scatter of DSC against volume change per structure, coloured by mid-RT volume bin."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(LABEL_NAMES), figsize=(9, 4), sharey=True)
-    colours = plt.get_cmap("viridis")
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, len(LABEL_NAMES), sharey=True)
+    colours = matplotlib.colormaps["viridis"]
     for ax, name in zip(np.atleast_1d(axes), LABEL_NAMES.values(), strict=True):
         entry = result["structures"][name]
         bins = [b["bin"] for b in entry["bins"]]

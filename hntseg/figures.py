@@ -1,62 +1,35 @@
 """Figures shared by the stages (matplotlib, headless, atomic PNG writes) and evaluate's
 optional figures: the per-case DSC of each structure, and a picture of each structure's
 worst cases so that a low score can be looked at before it is reported.
+
+Figures are bare `matplotlib.figure.Figure`s, never pyplot: they need no backend and join
+no global figure list, so a notebook's backend and its open figures are left as they were.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from hntseg.io import LABEL_NAMES, Grid, atomic_path, read_image, read_mask, resample_to
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn (it is slow to import)
+    from matplotlib.figure import Figure
+
 WORST = 3  # worst cases pictured per structure
 PAD = 12  # voxels around the lesion in the zoomed panel
 GT_COLOUR, PRED_COLOUR = "lime", "red"
 
 
-def pyplot():
-    """matplotlib.pyplot on the headless Agg backend (clusters have no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def closes_figures_on_error(func: F) -> F:
-    """A plotting function that raises leaves no open figure behind (matplotlib keeps every
-    open figure: a cohort run with failing cases would pile them up in memory)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        plt = pyplot()
-        before = set(plt.get_fignums())
-        try:
-            return func(*args, **kwargs)
-        except BaseException:
-            for number in set(plt.get_fignums()) - before:
-                plt.close(number)
-            raise
-
-    return wrapper  # type: ignore[return-value]
-
-
-def save_png(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Write a figure atomically (no timestamp, so same data = same bytes) and close it."""
+def save_png(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write a figure atomically (no timestamp, so same data = same bytes)."""
     path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-    finally:
-        pyplot().close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     return path
 
 
@@ -69,12 +42,13 @@ def window(slice_: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------- evaluate
 
 
-@closes_figures_on_error
 def plot_dsc(rows: Sequence[dict[str, Any]], dscagg: dict[str, Any], path: str | Path) -> Path:
     """Per-case DSC of each structure (cases whose ground truth has it), DSCagg marked."""
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     names = list(LABEL_NAMES.values())
-    fig, ax = plt.subplots(figsize=(2.4 + 1.6 * len(names), 4.2))
+    fig = Figure(figsize=(2.4 + 1.6 * len(names), 4.2))
+    ax = fig.subplots()
     rng = np.random.default_rng(0)  # fixed jitter: same rows, same picture
     labels = []
     for i, name in enumerate(names):
@@ -136,7 +110,6 @@ def structure_masks(
     return g_img, g, sitk.GetArrayFromImage(p_img) == label
 
 
-@closes_figures_on_error
 def plot_case(row: dict[str, Any], pred: Path | None, gt: Path, path: str | Path) -> Path:
     """One structure of one case: ground truth (green) and prediction (red) outlines on the
     axial slice where they disagree most, whole slice and a zoom; the T2 underneath when
@@ -153,8 +126,10 @@ def plot_case(row: dict[str, Any], pred: Path | None, gt: Path, path: str | Path
     y0, y1 = max(ys.min() - PAD, 0), min(ys.max() + PAD + 1, g.shape[1])
     x0, x1 = max(xs.min() - PAD, 0), min(xs.max() + PAD + 1, g.shape[2])
     sx, sy = g_img.GetSpacing()[:2]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4.6))
+    axes = fig.subplots(1, 2)
     views = ((slice(None), slice(None)), (slice(y0, y1), slice(x0, x1)))  # whole, zoom
     for ax, (ys_, xs_) in zip(axes, views, strict=True):
         if t2 is not None:

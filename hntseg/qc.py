@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from hntseg.boxes import BoxSet, read_boxes
 from hntseg.cohort import Patient, boxes_path, find_gradmap, gradmap_path
 from hntseg.errors import InputError
-from hntseg.figures import closes_figures_on_error, pyplot, save_png, window
+from hntseg.figures import save_png, window
 from hntseg.io import Grid, check_out_folder, check_same_grid, read_image, read_mask
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
@@ -88,7 +88,6 @@ def check_grids(t2: sitk.Image, t2_path: Path, images: Mapping[Path, sitk.Image]
         check_same_grid(t2, image, path, t2_path)
 
 
-@closes_figures_on_error
 def qc_case(
     t2: sitk.Image,
     boxes: BoxSet,
@@ -99,7 +98,7 @@ def qc_case(
 ) -> Path:
     """Write the QC picture of one case (PNG, atomic). Images must share the T2's grid."""
     out_png = check_png(out_png)
-    plt = pyplot()
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
@@ -121,7 +120,8 @@ def qc_case(
         shown = sorted(keep, key=lambda ib: ib[0])
     rows = max(1, len(shown))
     height = 4.3 * rows + 0.9  # inches; 0.9 for the title and legend
-    fig, axes = plt.subplots(rows, 3, figsize=(13.5, height), squeeze=False)
+    fig = Figure(figsize=(13.5, height))
+    axes = fig.subplots(rows, 3, squeeze=False)
 
     def outlines(ax, z, ys, xs):
         for name, arr in maska.items():

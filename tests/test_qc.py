@@ -51,30 +51,6 @@ def test_qc_case_png_and_no_boxes(tmp_path):
     assert png.read_bytes()[:8] == PNG
 
 
-def test_a_picture_that_fails_leaves_no_open_figure(tmp_path, monkeypatch):
-    """matplotlib keeps every open figure: a case whose drawing raised after the figure was
-    made left it open (save_png, which closes it, never ran), piling up over a cohort."""
-    import hntseg.qc as qc_module
-    from hntseg.figures import pyplot
-
-    rng = np.random.default_rng(0)
-    t2 = make_image(rng.random((6, 30, 30)).astype(np.float32))
-    mask_arr = np.zeros((6, 30, 30), np.uint8)
-    mask_arr[2:4, 5:10, 5:10] = 1
-    boxes = find_boxes(make_image(mask_arr), 2)
-
-    def broken(slice_):
-        raise RuntimeError("drawing failed")
-
-    monkeypatch.setattr(qc_module, "window", broken)
-    plt = pyplot()
-    before = set(plt.get_fignums())
-    with pytest.raises(RuntimeError, match="drawing failed"):
-        qc_case(t2, boxes, gradient_map(t2, boxes), {}, tmp_path / "a.png")
-    assert set(plt.get_fignums()) == before
-    assert not (tmp_path / "a.png").exists()
-
-
 def test_qc_case_many_boxes_and_grid_check(tmp_path):
     t2 = make_image(np.ones((4, 12, 12), np.float32))
     many = BoxSet([Box(1 + i % 2, (0, i, i), (1, i + 1, i + 1)) for i in range(10)], Grid.of(t2))

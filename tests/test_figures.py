@@ -1,0 +1,108 @@
+"""Figures leave the process's matplotlib alone: a notebook's backend and its figures."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_image(arr, spacing=(0.5, 0.5, 2.0)):
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing(spacing)
+    return image
+
+
+def draw_dsc(tmp_path):
+    from hntseg.figures import plot_dsc
+
+    rows = [
+        {"id": str(i), "structure": s, "dsc": d, "gt_mm3": 100.0}
+        for i, d in enumerate((0.2, 0.6, 0.9))
+        for s in ("GTVp", "GTVn")
+    ]
+    return plot_dsc(rows, {"GTVp": 0.7, "GTVn": 0.5}, tmp_path / "dsc.png")
+
+
+def draw_case(tmp_path):
+    from hntseg.figures import plot_case
+
+    gt, pred = np.zeros((4, 20, 20), np.uint8), np.zeros((4, 20, 20), np.uint8)
+    gt[1:3, 5:10, 5:10] = 1
+    pred[1:3, 6:11, 5:10] = 1
+    sitk.WriteImage(make_image(gt), str(tmp_path / "gt.nii.gz"))
+    sitk.WriteImage(make_image(pred), str(tmp_path / "pred.nii.gz"))
+    row = {
+        "id": "1",
+        "structure": "GTVp",
+        "dsc": 0.8,
+        "hd95": 1.0,
+        "gt_mm3": 25.0,
+        "pred_mm3": 25.0,
+    }
+    return plot_case(row, tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz", tmp_path / "c.png")
+
+
+def draw_qc(tmp_path):
+    from hntseg.boxes import find_boxes
+    from hntseg.gradmap import gradient_map
+    from hntseg.qc import qc_case
+
+    t2 = make_image(np.random.default_rng(0).random((6, 30, 30)).astype(np.float32))
+    mask_arr = np.zeros((6, 30, 30), np.uint8)
+    mask_arr[2:4, 5:10, 5:10] = 1
+    mask = make_image(mask_arr)
+    boxes = find_boxes(mask, 2)
+    return qc_case(t2, boxes, gradient_map(t2, boxes), {"mask": mask}, tmp_path / "q.png")
+
+
+def draw_compare(tmp_path):
+    from hntseg.analysis import plot_compare
+
+    entry = {"n": 3, "wilcoxon_p": 0.25, "dsc": {"a": [0.5, 0.6, 0.7], "b": [0.6, 0.8, 0.7]}}
+    result = {"names": ["a", "b"], "structures": {"GTVp": entry, "GTVn": entry}}
+    return plot_compare(result, tmp_path / "compare.png")
+
+
+def draw_volume_change(tmp_path):
+    from hntseg.analysis import plot_volume_change
+
+    points = [{"bin": "[0, inf) mL", "change_ml": c, "dsc": d} for c, d in ((1, 0.5), (2, 0.7))]
+    entry = {
+        "n": 2,
+        "rho": 1.0,
+        "p": 0.5,
+        "bins": [{"bin": "[0, inf) mL", "n": 2, "rho": 1.0}],
+        "points": points,
+    }
+    result = {"structures": {"GTVp": entry, "GTVn": entry}}
+    return plot_volume_change(result, tmp_path / "volume_change.png")
+
+
+@pytest.fixture
+def svg_backend():
+    """The process on another backend than Agg (as a notebook's inline one), restored after."""
+    import matplotlib.pyplot as plt
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        yield plt
+    finally:
+        plt.close("all")
+        matplotlib.use(previous)
+
+
+@pytest.mark.parametrize("draw", [draw_dsc, draw_case, draw_qc, draw_compare, draw_volume_change])
+def test_figures_keep_the_backend_and_open_no_pyplot_figure(draw, svg_backend, tmp_path):
+    """matplotlib.use("Agg") inside hntseg switched a notebook's backend (plt.show() then
+    showed nothing) and closed the user's open figures; figures now bypass pyplot."""
+    plt = svg_backend
+    mine = plt.figure().number  # the user's own open figure
+    png = draw(tmp_path)
+    assert png.read_bytes()[:8] == PNG
+    assert matplotlib.get_backend() == "svg"
+    assert plt.get_fignums() == [mine]  # the user's figure kept, none of hntseg's opened
