@@ -3,17 +3,25 @@
 nnU-Net reads its folders from environment variables (`nnUNet_raw`, `nnUNet_preprocessed`,
 `nnUNet_results`) and finds custom trainers through `nnUNet_extTrainer`. hntseg sets them
 inside its own process from `--work`, so users never export anything; nnunetv2 2.8 reads
-them lazily (`nnunetv2.paths._EnvPath`), but we still set them before importing it.
+them lazily (`nnunetv2.paths._EnvPath`), but we still set them before importing it. The
+stages that touch nnU-Net put this process's settings back when they return
+(`restores_process_state`), so a notebook's next call and its own code see what they saw.
 Also: dataset naming (`DatasetNNN_<name>`), the channel sets, device selection and the
 number of data-augmentation workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hntseg.errors import InputError
 from hntseg.io import make_folder, read_json
@@ -29,6 +37,22 @@ LABELS = {"background": 0, "GTVp": 1, "GTVn": 2}
 # hntseg's records in nnU-Net's folders: the raw dataset's build, the plans + preprocessing
 DATASET_RECORD = "hntseg_dataset.record.json"
 PREPROCESS_RECORD = "hntseg_preprocess.record.json"
+# nnU-Net's lazy paths and its external trainer path (nnUNet_extTrainer) came in 2.8: an
+# older one keeps the first WORK of a process and cannot find hntseg's short trainer
+NNUNET_VERSIONS = ((2, 8), (2, 9))  # [from, below)
+# the variables hntseg sets for nnU-Net (and, HNTSEG_*, for its short trainer)
+ENV_KEYS = (
+    "nnUNet_raw",
+    "nnUNet_preprocessed",
+    "nnUNet_results",
+    "nnUNet_extTrainer",
+    "nnUNet_n_proc_DA",
+    "nnUNet_def_n_proc",
+    "HNTSEG_EPOCHS",
+    "HNTSEG_ITERATIONS",
+    "HNTSEG_VAL_ITERATIONS",
+    "HNTSEG_FINAL_VALIDATION",
+)
 
 # channel key -> nnU-Net channel name. nnU-Net picks each channel's normalisation from its
 # name: anything but CT/noNorm/zscore/rescale_to_0_1/rgb_to_0_1 is z-scored (T2 and the
@@ -151,13 +175,84 @@ def check_workers(workers: int | None) -> None:
         raise InputError(f"--workers {workers}: must be >= 0 (0 = no worker processes)")
 
 
+@functools.lru_cache(maxsize=1)
+def check_nnunet_version() -> str:
+    """The installed nnunetv2 version; one outside NNUNET_VERSIONS is an InputError."""
+    try:
+        found = metadata.version("nnunetv2")
+    except metadata.PackageNotFoundError:
+        raise InputError("nnunetv2 is not installed (pip install 'nnunetv2>=2.8,<2.9')") from None
+    numbers = tuple(int(n) for n in re.findall(r"\d+", found)[:2])
+    (lo, hi) = NNUNET_VERSIONS
+    if not lo <= numbers < hi:
+        raise InputError(
+            f"nnunetv2 {found} is installed; hntseg needs {lo[0]}.{lo[1]}.x "
+            f"(pip install 'nnunetv2>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}')"
+        )
+    return found
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Inside, hntseg may set nnU-Net's variables, torch's thread count, and nnU-Net may
+    switch matplotlib to Agg (its trainer does on import); on exit all three are as before.
+
+    torch's threads are put back only when torch was imported before (otherwise nobody has
+    chosen a count yet, and the allocation's CPUs set inside is the sensible one)."""
+    env = {k: os.environ.get(k) for k in ENV_KEYS}
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    backend = _matplotlib_backend()
+    try:
+        yield
+    finally:
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if torch is not None and threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if backend is not None and _matplotlib_backend() != backend:
+            import matplotlib
+
+            matplotlib.use(backend)
+
+
+def restores_process_state(func: F) -> F:
+    """`func` runs inside `process_state_kept` (for the stages that call nnU-Net)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with process_state_kept():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _matplotlib_backend() -> str | None:
+    """The backend chosen in this process, without choosing one; None if none yet."""
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is None:
+        return None
+    try:
+        return matplotlib.get_backend(auto_select=False)
+    except TypeError:  # matplotlib < 3.10: asking resolves it, so only once pyplot chose
+        return matplotlib.get_backend() if "matplotlib.pyplot" in sys.modules else None
+
+
 def set_environment(work: str | Path, workers: int | None = None, create: bool = True) -> Paths:
     """Point nnU-Net at WORK (and at hntseg's trainers) in this process; create the folders.
 
     `workers`: data-augmentation processes (`nnUNet_n_proc_DA`) and nnU-Net's default
     process count (`nnUNet_def_n_proc`); default from the machine unless already set.
     `create=False` creates nothing (prediction needs only the existing nnUNet_results).
+    The variables stay set: callers run inside `process_state_kept`.
     """
+    check_nnunet_version()
     paths = Paths(Path(work).resolve())
     if create:
         for folder in (paths.raw, paths.preprocessed, paths.results):

@@ -241,10 +241,11 @@ def plan(
 def _device(requested: str) -> tuple[str, str]:
     """(device type, description), e.g. ("cuda", "cuda (NVIDIA H200)"); an unavailable
     explicit choice is an InputError."""
-    from hntseg.nnunet import describe_device, select_device
+    from hntseg.nnunet import describe_device, process_state_kept, select_device
 
-    device = select_device(requested)
-    return device.type, describe_device(device)
+    with process_state_kept():  # select_device sets torch's threads
+        device = select_device(requested)
+        return device.type, describe_device(device)
 
 
 def _check_fold_count(ctx: Context, stages: Sequence[Stage], only: Sequence[str]) -> None:

@@ -46,6 +46,7 @@ from hntseg.nnunet import (
     dataset_channels,
     describe_device,
     model_folder,
+    restores_process_state,
     select_device,
     set_environment,
 )
@@ -410,6 +411,7 @@ def _write_prediction(seg: np.ndarray, t2: sitk.Image, out_path: Path) -> None:
     write_image(image, out_path)
 
 
+@restores_process_state
 def ensemble_predict(
     input: str | Path,
     work: str | Path,
@@ -516,6 +518,7 @@ def _announce(
         log.warning(f"{folder.name}: a SMOKE-RUN model (short training), not a usable model")
 
 
+@restores_process_state
 def challenge_predict(
     work: str | Path,
     dataset_id: int,

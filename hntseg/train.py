@@ -36,6 +36,7 @@ from hntseg.nnunet import (
     describe_device,
     find_dataset,
     model_folder,
+    restores_process_state,
     select_device,
     set_environment,
 )
@@ -62,6 +63,7 @@ def check_plan_options(
     check_workers(workers)
 
 
+@restores_process_state
 def plan_and_preprocess(
     work: str | Path,
     dataset_id: int,
@@ -254,6 +256,7 @@ def _folds(fold: int | str | Sequence[int | str], n_splits: int) -> list[int]:
     return out
 
 
+@restores_process_state
 def train(
     work: str | Path,
     dataset_id: int,

@@ -183,6 +183,11 @@ def test_chain_build_train_predict(tmp_path, monkeypatch):
     ensemble_predict(
         ready, work, 42, tmp_path / "parity_logits", folds=[0, 1], device="cpu", ensemble="logits"
     )
+    # nnU-Net run by hand finds hntseg's short trainer as a user's would: through
+    # nnUNet_extTrainer (hntseg's own calls set it only while they run)
+    from hntseg.nnunet import TRAINERS_DIR
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
     predictor = nnUNetPredictor(
         tile_step_size=0.5,
         use_gaussian=True,
