@@ -21,11 +21,12 @@ and checked, the record last; a case that fails leaves none of them behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +45,7 @@ from hntseg.io import (
     check_same_grid,
     from_array,
     read_image,
+    read_json,
     read_mask,
     resample_to,
     write_image,
@@ -280,12 +282,22 @@ def _parameter_object(maps: Sequence[Mapping[str, Sequence[str]]]):
     return po
 
 
-def _set_threads(threads: int | None) -> None:
+@contextlib.contextmanager
+def itk_threads(threads: int | None) -> Iterator[None]:
+    """ITK's process-wide thread counts set to `threads` inside (elastix and transformix read
+    them), and put back on exit: a notebook's own ITK work keeps its settings."""
     import itk
 
+    mt = itk.MultiThreaderBase
+    saved = (mt.GetGlobalMaximumNumberOfThreads(), mt.GetGlobalDefaultNumberOfThreads())
     if threads:
-        itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(max(threads, available_cpus()))
-        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+        mt.SetGlobalMaximumNumberOfThreads(max(threads, available_cpus()))
+        mt.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        mt.SetGlobalMaximumNumberOfThreads(saved[0])
+        mt.SetGlobalDefaultNumberOfThreads(saved[1])
 
 
 def elastix_register(
@@ -299,7 +311,6 @@ def elastix_register(
     """Run elastix; returns the transform maps of the whole chain (initial first)."""
     import itk
 
-    _set_threads(threads)
     fi, mi = _to_itk(fixed), _to_itk(moving)
     reg = itk.ElastixRegistrationMethod[type(fi), type(mi)].New(fixed_image=fi, moving_image=mi)
     reg.SetParameterObject(_parameter_object(maps))
@@ -310,7 +321,8 @@ def elastix_register(
         reg.SetOutputDirectory(str(log_dir))
         reg.SetLogFileName("elastix.log")
         reg.SetLogToFile(True)
-    reg.UpdateLargestPossibleRegion()
+    with itk_threads(threads):
+        reg.UpdateLargestPossibleRegion()
     tpo = reg.GetTransformParameterObject()
     return [
         {k: list(v) for k, v in dict(tpo.GetParameterMap(i)).items()}
@@ -630,6 +642,23 @@ def _plan_case(
     return _CasePlan(case_id, inputs, paths, case_maps, fingerprint_params)
 
 
+def _skipped_result(case_id: str, record: Path) -> CaseResult:
+    """A done case, with the quality figures its record holds (a rerun still reports them)."""
+    try:
+        data = read_json(record, "register record")
+    except InputError:
+        data = {}
+    extra = data if isinstance(data, dict) else {}
+    sim, dice = extra.get("similarity"), extra.get("dice_to_midRT_mask")
+    return CaseResult(
+        case_id,
+        "skipped",
+        similarity=sim if isinstance(sim, dict) else None,
+        dice_to_midRT=dice if isinstance(dice, dict) else None,
+        record=str(record),
+    )
+
+
 def _skipped(task: Mapping[str, Any]) -> CaseResult | None:
     """The `skipped` result a worker would return for this task, or None when the case is
     to run (or its inputs are bad: the run then reports that as it always did)."""
@@ -638,7 +667,7 @@ def _skipped(task: Mapping[str, Any]) -> CaseResult | None:
     try:
         case = _plan_case(**{k: v for k, v in task.items() if k != "force"})
         if is_done(case.paths["record"], case.inputs, case.params):
-            return CaseResult(case.case_id, "skipped", record=str(case.paths["record"]))
+            return _skipped_result(case.case_id, case.paths["record"])
     except Exception:
         return None
     return None
@@ -686,7 +715,7 @@ def register_case(
         maps=maps,
     )
     if not force and is_done(paths["record"], inputs, fingerprint_params):
-        return CaseResult(case_id, "skipped", record=str(paths["record"]))
+        return _skipped_result(case_id, paths["record"])
     try:
         _remove_outputs(paths)  # a rerun: no file of an earlier run may outlive it
         return _register_case(
@@ -753,7 +782,10 @@ def _register_case(
                 "parameters_rad_mm": list(rigid.GetParameters()),
                 "center_xyz_mm": list(rigid.GetCenter()),
             }
-            with tempfile.TemporaryDirectory(prefix=f"hntseg-register-{case_id}-") as tmp:
+            with (
+                itk_threads(threads),
+                tempfile.TemporaryDirectory(prefix=f"hntseg-register-{case_id}-") as tmp,
+            ):
                 logfile = Path(tmp) / "elastix.log"
                 try:
                     chain = elastix_register(fixed, moving, maps or [], initial, threads, Path(tmp))
@@ -763,14 +795,14 @@ def _register_case(
                     raise
                 if logfile.is_file():
                     elastix_log = logfile.read_text(errors="replace")
-            warped = transformix(moving, chain, grid, nearest=False)
-            warped_mask = transformix(mask, chain, grid, nearest=True)
+                warped = transformix(moving, chain, grid, nearest=False)
+                warped_mask = transformix(mask, chain, grid, nearest=True)
+                import itk
+
+                threads_used = int(itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads())
             before, after = set(np.unique(array(mask))), set(np.unique(array(warped_mask)))
             if not after <= before:  # nearest neighbour can only copy labels
                 raise RuntimeError(f"registered mask has labels {sorted(after - before)}")
-            import itk
-
-            threads_used = int(itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads())
 
     sim: dict[str, Any] = {"registered": similarity(fixed, warped)}
     if identity_t2 is not None:

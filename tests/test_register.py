@@ -626,3 +626,30 @@ def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
     (out / "3" / "register.record.json").unlink()
     assert statuses(workers=8) == ["skipped", "skipped", "ok", "skipped"] and pools == [3]
     assert statuses(workers=2, force=True) == ["ok"] * 4 and pools == [3, 2]
+
+
+def test_library_call_keeps_itk_threads_and_a_rerun_keeps_its_scores(small, tmp_path):
+    """A notebook's register_case leaves ITK's process-wide thread counts as they were, and
+    the skipped rerun still returns the similarity and Dice its record holds."""
+    import itk
+
+    from hntseg.register import register_case
+
+    mt = itk.MultiThreaderBase
+    before = (mt.GetGlobalMaximumNumberOfThreads(), mt.GetGlobalDefaultNumberOfThreads())
+    kwargs = {
+        "pre_t2": expected_path(small, "1", "preRT_T2"),
+        "pre_mask": expected_path(small, "1", "preRT_mask"),
+        "mid_t2": expected_path(small, "1", "midRT_T2"),
+        "mid_mask": expected_path(small, "1", "midRT_mask"),
+        "out": tmp_path,
+        "case_id": "1",
+        "threads": 1 if before[1] != 1 else 2,
+    }
+    first = register_case(**kwargs)
+    assert first.status == "ok"
+    assert (mt.GetGlobalMaximumNumberOfThreads(), mt.GetGlobalDefaultNumberOfThreads()) == before
+    again = register_case(**kwargs)
+    assert again.status == "skipped"
+    assert again.similarity == first.similarity and again.similarity
+    assert again.dice_to_midRT == first.dice_to_midRT and again.dice_to_midRT
