@@ -131,6 +131,7 @@ def gradmap_case(
     """One gradient map file with its record; False when skipped (already done)."""
     from hntseg.records import is_done, record_path, write_record
 
+    check_params(sigma, gain, sigma_mm, context)  # before any file is read
     t2_path, boxes_file, out_path = Path(t2_path), Path(boxes_file), Path(out_path)
     inputs = {"t2": t2_path, "boxes": boxes_file}
     params = {"sigma": sigma, "gain": gain, "sigma_mm": sigma_mm, "context": context}
@@ -169,6 +170,7 @@ def gradmap_cohort(
     from hntseg.cohort import check_phases, discover, expected_path, run_cases, shard
 
     phases = check_phases(phases)
+    check_params(sigma, gain, sigma_mm, context)  # one error, not one per case
     check_out_folder(out)
     patients = discover(cohort, required=(), ids=ids)
     # split by patient, as every per-case stage: a patient's phases share a part

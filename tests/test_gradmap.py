@@ -315,3 +315,12 @@ def test_empty_part_of_a_job_array_needs_no_boxes_folder(tiny_cohort, tmp_path):
     assert boxes_cohort(tiny_cohort, tmp_path / "b", registered=none, **parts) == {}
     assert gradmap_cohort(tiny_cohort, none, tmp_path / "g", **parts) == {}
     assert qc_cohort(tiny_cohort, none, none, tmp_path / "q", registered=none, **parts) == {}
+
+
+@pytest.mark.parametrize("kwargs", [{"sigma": -1.0}, {"gain": float("nan")}, {"context": -2}])
+def test_cohort_bad_option_is_one_error_before_any_case(prepared, tmp_path, kwargs, caplog):
+    """A bad option is one InputError up front, not the same failure logged for every case."""
+    cohort, boxes = prepared
+    with caplog.at_level(logging.WARNING, logger="hntseg"), pytest.raises(InputError):
+        gradmap_cohort(cohort, boxes, tmp_path / "out", **kwargs)
+    assert not caplog.records and not (tmp_path / "out").exists()
