@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 from hntseg import __version__
 from hntseg.errors import HntsegError
-from hntseg.log import console, setup_logging
+from hntseg.log import console, logging_kept, setup_logging
 
 COMMAND_MODULES = (
     "synth",
@@ -81,6 +81,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     quiet: bool = typer.Option(
         False,
         "--quiet",
@@ -96,6 +97,8 @@ def _main(
     """Stages: synth, register, boxes, gradmap, build-dataset, train, ensemble-predict,
     evaluate; `hntseg run CONFIG` chains them and `hntseg demo` runs the whole method on a
     synthetic cohort."""
+    # undone when the command ends: a run in-process (a notebook, a test) leaves no --quiet
+    ctx.with_resource(logging_kept())
     setup_logging(quiet=quiet, verbose=verbose)
 
 

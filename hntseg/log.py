@@ -53,12 +53,41 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     if _on_terminal():
         log.addHandler(RichHandler(console=console, show_path=False, show_time=not quiet))
     else:  # a log file: one plain line per record (rich pads every line to its width)
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleStreamHandler()
         stamp = "" if quiet else "%(asctime)s "
         handler.setFormatter(_PlainFormatter(f"{stamp}%(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+
+
+# the warnings filter that --quiet adds (as warnings.filterwarnings stores it)
+_QUIET_FILTER = ("ignore", None, FutureWarning, None, 0)
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """Inside, setup_logging may change the process; on exit the quiet state, TQDM_DISABLE,
+    --quiet's warnings filter and hntseg's logger are as before. The CLI runs its command
+    inside, so that an in-process run (a notebook, a test's CliRunner) leaves the process,
+    the user's tqdm bars and warnings included, as it found it."""
+    quiet, tqdm = _state["quiet"], os.environ.get("TQDM_DISABLE")
+    had_filter = _QUIET_FILTER in warnings.filters
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    try:
+        yield
+    finally:
+        _state["quiet"] = quiet
+        if tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm
+        # only --quiet's filter goes: those that libraries imported meanwhile added stay
+        if not had_filter and _QUIET_FILTER in warnings.filters:
+            warnings.filters.remove(_QUIET_FILTER)
+        log.handlers[:] = handlers
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def _on_terminal() -> bool:
@@ -68,6 +97,20 @@ def _on_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stream
         return False
+
+
+class _ConsoleStreamHandler(logging.StreamHandler):
+    """A plain handler writing where the console writes when a record comes: sys.stderr as
+    it is then (a redirect, a test's capture), or the real stream held by quiet_stdout. Not
+    the stream of the moment it was made, which may be closed since."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return console.file
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ and setStream assign it
+        pass
 
 
 class _PlainFormatter(logging.Formatter):

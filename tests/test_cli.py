@@ -157,6 +157,35 @@ def test_quiet_keeps_warnings_logged_inside_nnunet_blocks(monkeypatch, capsys):
         hlog.setup_logging(quiet=False)
 
 
+@pytest.mark.parametrize("tqdm_disable", [None, "0"])
+def test_quiet_run_in_process_leaves_the_process_as_it_was(tmp_path, monkeypatch, tqdm_disable):
+    """One --quiet CLI run in-process (a notebook, CliRunner) left the whole process quiet:
+    is_quiet() True, TQDM_DISABLE=1 (every tqdm bar, the user's too), FutureWarnings
+    ignored, hntseg's logger at WARNING on its own handler. A failing command too."""
+    import logging
+    import os
+    import warnings
+
+    from hntseg.log import is_quiet
+
+    if tqdm_disable is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", tqdm_disable)
+    synth = ["synth", "--patients", "1", "--size", "16x16x8"]
+    result = runner.invoke(app, [*synth, str(tmp_path / "a")])  # imports what it needs
+    assert result.exit_code == 0, result.output
+    logger = logging.getLogger("hntseg")
+    before = (list(warnings.filters), list(logger.handlers), logger.level, logger.propagate)
+    for args, code in (([*synth, str(tmp_path / "b")], 0), (["cohort", str(tmp_path / "x")], 2)):
+        result = runner.invoke(app, ["--quiet", *args])
+        assert result.exit_code == code, result.output
+        assert not is_quiet()
+        assert os.environ.get("TQDM_DISABLE") == tqdm_disable
+        after = (list(warnings.filters), list(logger.handlers), logger.level, logger.propagate)
+        assert after == before
+
+
 def test_log_lines_are_plain_off_a_terminal(capsys):
     """In a SLURM log rich wrapped at 80 columns and split paths in two (grep missed them),
     and padded every line with spaces to the console width."""
@@ -197,3 +226,10 @@ def test_force_color_does_not_make_a_log_file_a_terminal(capsys, monkeypatch):
     setup_logging()
     log.info("short")
     assert capsys.readouterr().err.rstrip("\n").endswith("INFO short")
+
+
+def test_installed_version_is_the_package_version():
+    """pyproject reads the version from hntseg.__version__: the two cannot drift apart."""
+    from importlib.metadata import version
+
+    assert version("hntseg") == __version__
