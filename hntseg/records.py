@@ -31,7 +31,6 @@ TRACKED_PACKAGES = (
     "itk-elastix",
     "nnunetv2",
     "torch",
-    "medpy",
 )
 
 
