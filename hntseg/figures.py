@@ -110,16 +110,27 @@ def structure_masks(
     return g_img, g, sitk.GetArrayFromImage(p_img) == label
 
 
+def slice_plane(direction: Sequence[float]) -> str:
+    """The anatomical plane of the slices along array axis 0 (image axis k): axial,
+    coronal or sagittal, by the patient axis that image axis runs closest to."""
+    k_axis = np.abs(np.asarray(direction, float).reshape(3, 3)[:, 2])  # (x, y, z) components
+    return ("sagittal", "coronal", "axial")[int(np.argmax(k_axis))]
+
+
 def plot_case(row: dict[str, Any], pred: Path | None, gt: Path, path: str | Path) -> Path:
     """One structure of one case: ground truth (green) and prediction (red) outlines on the
-    axial slice where they disagree most, whole slice and a zoom; the T2 underneath when
-    the ground truth sits in a cohort."""
+    slice (array axis 0) where they disagree most, whole slice and a zoom; the T2 underneath,
+    resampled onto the ground truth's grid if needed, when the ground truth sits in a cohort."""
     label = next(k for k, v in LABEL_NAMES.items() if v == row["structure"])
     g_img, g, p = structure_masks(pred, gt, label)
+    grid = Grid.of(g_img)
     t2_path = _t2_beside(gt)
-    t2 = sitk.GetArrayFromImage(read_image(t2_path, "mid-RT T2")) if t2_path else None
-    if t2 is not None and t2.shape != g.shape:
-        t2 = None
+    t2 = None
+    if t2_path is not None:
+        t2_img = read_image(t2_path, "mid-RT T2")
+        if grid.mismatch(Grid.of(t2_img)) is not None:  # under the masks, voxel for voxel
+            t2_img = resample_to(t2_img, grid, nearest=False)
+        t2 = sitk.GetArrayFromImage(t2_img)
     k = int(np.argmax((g ^ p).sum(axis=(1, 2)))) if (g ^ p).any() else int(np.argmax(g.sum((1, 2))))
     both = (g | p).any(axis=0)
     ys, xs = np.nonzero(both) if both.any() else (np.array([0]), np.array([0]))
@@ -142,7 +153,7 @@ def plot_case(row: dict[str, Any], pred: Path | None, gt: Path, path: str | Path
             if mask[k][ys_, xs_].any():
                 ax.contour(mask[k][ys_, xs_], [0.5], colors=colour, linestyles=style)
         ax.set_axis_off()
-    axes[0].set_title(f"axial slice {k} (z index)", fontsize=9)
+    axes[0].set_title(f"{slice_plane(grid.direction)} slice {k} (array axis 0)", fontsize=9)
     axes[1].set_title("zoom: ground truth green, prediction red dashed", fontsize=9)
     hd = row.get("hd95")
     hd_text = f", HD95 {hd:.1f} mm" if hd is not None and np.isfinite(hd) else ""

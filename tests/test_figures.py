@@ -106,3 +106,50 @@ def test_figures_keep_the_backend_and_open_no_pyplot_figure(draw, svg_backend, t
     assert png.read_bytes()[:8] == PNG
     assert matplotlib.get_backend() == "svg"
     assert plt.get_fignums() == [mine]  # the user's figure kept, none of hntseg's opened
+
+
+@pytest.mark.parametrize(
+    "direction, plane",
+    [
+        ((1, 0, 0, 0, 1, 0, 0, 0, 1), "axial"),
+        ((0, 0, 1, 1, 0, 0, 0, 1, 0), "sagittal"),  # image axis k along x
+        ((1, 0, 0, 0, 0, 1, 0, -1, 0), "coronal"),  # image axis k along -y
+        ((1, 0, 0, 0, 0.9, 0.436, 0, -0.436, 0.9), "axial"),  # oblique, tilted 26 degrees
+    ],
+)
+def test_slice_plane_follows_the_direction(direction, plane):
+    from hntseg.figures import slice_plane
+
+    assert slice_plane(direction) == plane
+
+
+def test_case_picture_resamples_a_t2_on_another_grid(tmp_path, monkeypatch):
+    """The T2 under the outlines is put on the ground truth's grid (it was drawn as it was,
+    voxel index for voxel index, whenever its size matched)."""
+    from hntseg import figures
+
+    gt = np.zeros((4, 20, 20), np.uint8)
+    gt[1:3, 5:10, 5:10] = 1
+    gt_path = tmp_path / "1_midRT_mask.nii.gz"
+    sitk.WriteImage(make_image(gt), str(gt_path))
+    t2 = make_image(np.random.default_rng(0).random((4, 20, 20)).astype(np.float32))
+    t2.SetOrigin((3.0, 0.0, 0.0))  # same size, shifted by 6 voxels in x
+    sitk.WriteImage(t2, str(tmp_path / "1_midRT_T2.nii.gz"))
+    resampled = []
+    real = figures.resample_to
+    monkeypatch.setattr(
+        figures,
+        "resample_to",
+        lambda img, grid, nearest: resampled.append(nearest) or real(img, grid, nearest),
+    )
+    row = {
+        "id": "1",
+        "structure": "GTVp",
+        "dsc": 0.0,
+        "hd95": None,
+        "gt_mm3": 50.0,
+        "pred_mm3": 0.0,
+    }
+    png = figures.plot_case(row, None, gt_path, tmp_path / "c.png")
+    assert png.read_bytes()[:8] == PNG
+    assert False in resampled  # the T2, B-spline onto the ground truth's grid
