@@ -216,10 +216,7 @@ def process_state_kept() -> Iterator[None]:
                 os.environ[key] = value
         if torch is not None and threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        if backend is not None and _matplotlib_backend() != backend:
-            import matplotlib
-
-            matplotlib.use(backend)
+        _restore_backend(backend)
 
 
 def restores_process_state(func: F) -> F:
@@ -231,6 +228,22 @@ def restores_process_state(func: F) -> F:
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _restore_backend(before: str | None) -> None:
+    """matplotlib's backend back to `before`; when none was chosen before (matplotlib not
+    imported, as in a fresh Jupyter kernel, which only sets MPLBACKEND), back to what
+    matplotlib would have chosen: MPLBACKEND, else its automatic choice."""
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is None:
+        return
+    target: Any = before
+    if target is None:
+        target = os.environ.get("MPLBACKEND") or getattr(
+            matplotlib.rcsetup, "_auto_backend_sentinel", None
+        )
+    if target is not None and _matplotlib_backend() != target:
+        matplotlib.use(target)
 
 
 def _matplotlib_backend() -> str | None:

@@ -116,3 +116,27 @@ def test_the_keys_are_those_hntseg_restores():
 def test_supported_nnunet_passes():
     nnunet.check_nnunet_version.cache_clear()
     assert nnunet.check_nnunet_version().startswith("2.8")
+
+
+@pytest.mark.parametrize("mplbackend", ["svg", "pdf"])
+def test_backend_chosen_by_mplbackend_alone_is_put_back(mplbackend):
+    """A fresh Jupyter kernel sets MPLBACKEND and has not imported matplotlib: nnU-Net's
+    trainer (imported inside train/predict) switched it to Agg for good."""
+    import subprocess
+    import sys
+
+    code = (
+        "from hntseg.nnunet import process_state_kept\n"
+        "with process_state_kept():\n"
+        "    import matplotlib\n"
+        "    matplotlib.use('agg')\n"  # what nnunetv2's nnunet_logger does on import
+        "    import matplotlib.pyplot\n"
+        "import matplotlib.pyplot as plt\n"
+        "print(plt.get_backend())\n"
+    )
+    env = {**os.environ, "MPLBACKEND": mplbackend}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == mplbackend
