@@ -382,3 +382,126 @@ def test_cohort_mask_must_be_on_its_t2_grid(tiny_cohort, tmp_path):
     with pytest.raises(StageError, match="1_midRT; first: .*1_preRT_mask_registered.nii.gz: not"):
         boxes_cohort(root, tmp_path / "o", phases=("midRT", "preRT"))
     assert (tmp_path / "o" / "1" / "1_preRT_boxes.json").is_file()  # the other case is done
+
+
+# --------------------------------------------------------------------------- pinned details
+# (each test below fails on a plausible slip that every other test let through)
+
+
+def _isolated_voxels(n_y: int = 4, n_x: int = 4) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Single label-1 voxels 14 apart and 8 from every edge: margins up to 6 never clip
+    and never merge two boxes. Returns the mask and the voxels in raster order."""
+    arr = np.zeros((17, 16 + 14 * (n_y - 1) + 1, 16 + 14 * (n_x - 1) + 1), np.uint8)
+    points = [(8, 8 + 14 * j, 8 + 14 * i) for j in range(n_y) for i in range(n_x)]
+    for p in points:
+        arr[p] = 1
+    return arr, points
+
+
+def test_margins_are_the_documented_draws_low_then_high():
+    """find_boxes' docstring: draws from default_rng(seed), low z, y, x then high z, y, x per
+    box, inclusive range. A different order (high first) or an exclusive top (2-5 for "2-6")
+    gives other boxes for the same seed."""
+    arr, points = _isolated_voxels()
+    boxes = find_boxes(make_image(arr), (2, 6), seed=11).boxes
+    rng = np.random.default_rng(11)
+    assert len(boxes) == len(points)
+    for box, p in zip(boxes, points, strict=True):
+        draws = rng.integers(2, 7, size=6)
+        assert box.margins_low == tuple(draws[:3]) and box.margins_high == tuple(draws[3:])
+        assert box.start == tuple(np.subtract(p, draws[:3]))
+        assert box.stop == tuple(np.add(p, draws[3:]))
+
+
+def test_margin_range_reaches_both_ends():
+    """2-6 is inclusive: over 96 draws every value 2..6 occurs (the reference code's
+    off-by-one is exactly a range that never reaches one end)."""
+    arr, _ = _isolated_voxels()
+    boxes = find_boxes(make_image(arr), (2, 6), seed=0).boxes
+    drawn = {m for b in boxes for m in (*b.margins_low, *b.margins_high)}
+    assert drawn == {2, 3, 4, 5, 6}
+
+
+def test_default_margin_is_the_papers_2_to_6():
+    arr, _ = _isolated_voxels()
+    boxset = find_boxes(make_image(arr), seed=0)
+    assert boxset.margin == (2, 6)
+    drawn = {m for b in boxset.boxes for m in (*b.margins_low, *b.margins_high)}
+    assert drawn == {2, 3, 4, 5, 6}
+
+
+def test_label_above_2_is_refused_for_uint8_masks():
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    arr[2, 5, 5] = 3
+    with pytest.raises(InputError, match="labels above 2"):
+        find_boxes(make_image(arr), 2, source="m.nii.gz")
+
+
+def test_box_centre_rounds_down():
+    """qc pictures the slice `centre[0]`: the lower middle for an even extent."""
+    assert Box(1, (2, 0, 5), (5, 3, 5)).centre == (3, 1, 5)
+    assert Box(1, (0, 0, 0), (1, 1, 1)).centre == (0, 0, 0)
+
+
+def test_read_boxes_edge_of_the_image_inclusive(tmp_path):
+    """The last voxel index (size - 1) is inside the image; size itself is outside."""
+    arr = np.zeros((4, 8, 6), np.uint8)
+    arr[1, 2, 2] = 1
+    path = write_boxes(tmp_path / "b.json", find_boxes(make_image(arr), 1))
+    data = json.loads(path.read_text())
+    for axis, n in enumerate((4, 8, 6)):
+        box = {"label": 1, "zyx_start": [0, 0, 0], "zyx_stop_inclusive": [3, 7, 5]}
+        path.write_text(json.dumps({**data, "boxes": [box]}))
+        assert read_boxes(path).boxes[0].stop == (3, 7, 5)
+        box["zyx_stop_inclusive"][axis] = n
+        path.write_text(json.dumps({**data, "boxes": [box]}))
+        with pytest.raises(InputError, match="outside"):
+            read_boxes(path)
+
+
+def test_cohort_case_seed_is_per_case_and_phase(cohort, tmp_path):
+    """The documented per-case seed case_seed(seed, "<id>_<phase>", "boxes"): the two phases
+    of a patient get different seeds (the same seed would draw the same margins twice)."""
+    from hntseg.records import case_seed
+
+    out = tmp_path / "o"
+    boxes_cohort(cohort, out, margin=(2, 6), seed=3, ids=["1"])
+    for phase in ("midRT", "preRT"):
+        assert read_boxes(boxes_path(out, "1", phase)).seed == case_seed(3, f"1_{phase}", "boxes")
+
+
+def test_boxes_case_redone_when_only_the_seed_changes(cohort, tmp_path):
+    from hntseg.boxes import boxes_case
+
+    mask = cohort / "1" / "preRT" / "1_preRT_mask.nii.gz"
+    out = tmp_path / "b.json"
+    assert boxes_case(mask, out, (2, 6), seed=1)[1]
+    assert not boxes_case(mask, out, (2, 6), seed=1)[1]  # up to date
+    boxset, ran = boxes_case(mask, out, (2, 6), seed=2)
+    assert ran and read_boxes(out).seed == 2 == boxset.seed
+
+
+def test_cohort_default_seed_is_0_like_the_cli(cohort, tmp_path):
+    """docs/boxes.md: boxes_cohort(..., seed=0); a library call without a seed must be as
+    reproducible as the CLI's default --seed 0."""
+    from hntseg.records import case_seed
+
+    boxes_cohort(cohort, tmp_path / "o", ids=["2"], phases=("preRT",))
+    assert read_boxes(boxes_path(tmp_path / "o", "2", "preRT")).seed == case_seed(
+        0, "2_preRT", "boxes"
+    )
+
+
+def test_cohort_pre_rt_boxes_come_from_the_cohort_not_the_registered_folder(cohort, tmp_path):
+    """--registered only replaces the registered pre-RT masks (mid-RT cases); a pre-RT case
+    always boxes the cohort's own pre-RT mask."""
+    reg = tmp_path / "reg"
+    (reg / "1" / "midRT").mkdir(parents=True)
+    src = cohort / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    (reg / "1" / "midRT" / src.name).write_bytes(src.read_bytes())
+    boxes_cohort(cohort, tmp_path / "o", registered=reg, ids=["1"])
+    pre = read_boxes(boxes_path(tmp_path / "o", "1", "preRT")).source
+    mid = read_boxes(boxes_path(tmp_path / "o", "1", "midRT")).source
+    assert pre == str((cohort / "1" / "preRT" / "1_preRT_mask.nii.gz").resolve())
+    assert mid == str((reg / "1" / "midRT" / src.name).resolve())

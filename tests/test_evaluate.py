@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from hntseg.cli import app
 from hntseg.errors import InputError
-from hntseg.evaluate import case_id, dscagg, evaluate, find_masks, read_cases_csv
+from hntseg.evaluate import case_id, dscagg, evaluate, find_masks, read_cases_csv, summarize
 
 MASKS = SHARED_DATA / "hntsmrg24-masks"
 runner = CliRunner()
@@ -420,3 +420,133 @@ def test_unreadable_ground_truth_is_an_error_not_an_absent_case(flat_pair, kind)
     write_mask(pred_dir / "3.nii.gz", gt)
     with pytest.raises(InputError, match="3_midRT_mask.nii.gz: ground truth mask is a"):
         evaluate(pred_dir, gt_dir)
+
+
+# --------------------------------------------------------------------------- pinned details
+# (each test below fails on a plausible slip that every other test let through)
+
+
+@pytest.mark.parametrize("differs", ["size", "origin", "direction"])
+def test_prediction_resampled_when_one_grid_property_differs(tmp_path, differs):
+    """Each of size, origin and direction alone sends the prediction through resampling
+    (the organizers' rule); without it the raw arrays would be compared voxel by voxel."""
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[2:4, 4:10, 4:10] = 1
+    gt[1:3, 11:14, 11:14] = 2
+    write_mask(tmp_path / "gt" / "5.nii.gz", gt)
+    expected_dsc = 1.0
+    if differs == "size":  # the same grid, two slices and three rows longer at the far end
+        pred = np.zeros((8, 19, 16), np.uint8)
+        pred[:6, :16] = gt
+        image = make_image(pred)
+    elif differs == "origin":  # one column further along x: the array moves one column back
+        image = make_image(np.roll(gt, -1, axis=2), origin=(0.5, 0.0, 0.0))
+    else:  # y flipped about the origin: every tumour voxel lands outside the ground truth
+        image = make_image(gt)
+        image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+        expected_dsc = 0.0
+    (tmp_path / "pred").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "pred" / "5.nii.gz"))
+    res = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert res["resampled"] == ["5"]
+    assert [r["dsc"] for r in res["cases"]] == [expected_dsc, expected_dsc]
+
+
+def test_evaluate_reports_the_requested_hd95_definition(tmp_path):
+    """A 2-voxel false positive far from a small cube: `--hd95 directed` sees it, pooled
+    does not; each row holds the value of the definition asked for."""
+    gt = np.zeros((10, 10, 30), np.uint8)
+    gt[3:6, 3:6, 3:6] = 1
+    pred = gt.copy()
+    pred[4, 4, 25:27] = 1
+    write_mask(tmp_path / "gt" / "1.nii.gz", gt)
+    write_mask(tmp_path / "pred" / "1.nii.gz", pred)
+    got = {}
+    for mode in ("pooled", "directed"):
+        res = evaluate(tmp_path / "pred", tmp_path / "gt", hd95=mode)
+        got[mode] = res["cases"][0]["hd95"]
+        assert res["hd95_definition"] == mode
+        assert res["structures"]["GTVp"]["hd95"]["mean"] == got[mode]
+    assert got["pooled"] == 0.0 and got["directed"] == pytest.approx(6.5)
+
+
+def test_summary_counts_and_statistics():
+    """summarize on hand-made rows: empty-case counts, mean/median/n of the defined values
+    only, the organizers' mean DSC over non-empty ground truths, component sums, and only
+    the metrics asked for."""
+    nan = math.nan
+
+    def row(pid, gt, pred, dsc, hd95, tp=0, fp=0, fn=0, name="GTVp"):
+        return {
+            "id": pid, "structure": name, "gt_mm3": gt, "pred_mm3": pred, "tp_mm3": 0.0,
+            "dsc": dsc, "hd95": hd95, "msd": hd95, "tp": tp, "fp": fp, "fn": fn,
+        }  # fmt: skip
+
+    rows = [
+        row("1", 10.0, 8.0, 0.9, 2.0, tp=1),
+        row("2", 10.0, 0.0, 0.0, nan, fn=1),  # missed
+        row("3", 0.0, 5.0, 0.0, nan, fp=1),  # false positive on an empty ground truth
+        row("4", 0.0, 0.0, nan, nan),  # absent in both
+        row("5", 20.0, 20.0, 0.6, 4.0, tp=2, fp=1),
+        row("6", 0.0, 3.0, 0.0, nan, fp=1),
+    ]
+    rows += [row(r["id"], 0.0, 0.0, nan, nan, name="GTVn") for r in rows]
+    summary = summarize(rows, ["dscagg", "dsc", "hd95", "msd"], "pooled", {})
+    assert summary["n_cases"] == 6
+    p = summary["structures"]["GTVp"]
+    assert (p["n_cases"], p["n_empty_gt"], p["n_empty_pred"], p["n_empty_both"]) == (6, 3, 2, 1)
+    assert p["dsc"]["n"] == 5 and p["dsc"]["mean"] == pytest.approx(0.3)
+    assert p["dsc"]["median"] == 0.0
+    assert p["dsc"]["mean_nonempty_gt"] == pytest.approx(0.5)
+    for m in ("hd95", "msd"):
+        assert p[m]["n"] == 2 and p[m]["mean"] == 3.0 and p[m]["n_undefined"] == 4
+    assert p["components"] == {"tp": 3, "fp": 3, "fn": 1}
+    n = summary["structures"]["GTVn"]
+    assert (n["n_empty_gt"], n["n_empty_pred"], n["n_empty_both"]) == (6, 6, 6)
+    assert n["dsc"]["n"] == 0 and math.isnan(n["dsc"]["mean"])
+    only_dsc = summarize(rows, ["dsc"], "pooled", {})
+    assert "dscagg" not in only_dsc and "hd95" not in only_dsc["structures"]["GTVp"]
+
+
+def test_reused_results_equal_the_computed_ones(tmp_path):
+    """cases.csv holds mL; reading it back (an up-to-date --out) restores every volume,
+    the intersection included, and the metrics are put in their fixed order, once each."""
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[1:4, 3:9, 3:9] = 1
+    gt[2:5, 10:14, 10:14] = 2
+    pred = np.roll(gt, 2, axis=2)  # overlaps partly: intersection < prediction < truth + pred
+    write_mask(tmp_path / "gt" / "1.nii.gz", gt)
+    write_mask(tmp_path / "pred" / "1.nii.gz", pred)
+    metrics = ["msd", " DSC ", "dscagg", "dsc", "hd95"]
+    first = evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", metrics=metrics)
+    again = evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", metrics=metrics)
+    assert first["metrics"] == again["metrics"] == ["dscagg", "dsc", "hd95", "msd"]
+    for a, b in zip(first["cases"], again["cases"], strict=True):
+        assert 0 < a["tp_mm3"] < a["pred_mm3"]
+        for key in ("pred_mm3", "gt_mm3", "tp_mm3", "dsc", "hd95", "msd"):
+            assert b[key] == pytest.approx(a[key], rel=1e-12), key
+
+
+def test_resampling_is_nearest_neighbour_at_a_sub_voxel_offset(tmp_path):
+    """A prediction 0.3 voxel off along x (beyond the tolerance): nearest neighbour gives
+    back its labels unchanged; an interpolating resampler would blur the label edges into
+    fractions (and 2 next to 0 into a 1)."""
+    from hntseg.evaluate import load_pair
+
+    gt = np.zeros((6, 16, 16), np.uint8)
+    gt[2:4, 4:10, 4:10] = 1
+    gt[1:3, 11:14, 11:14] = 2
+    gt_path = write_mask(tmp_path / "gt" / "5.nii.gz", gt)
+    pred_path = write_mask(tmp_path / "pred" / "5.nii.gz", gt, origin=(0.15, 0.0, 0.0))
+    pred, gt_arr, _, resampled = load_pair(pred_path, gt_path)
+    assert resampled and pred.dtype == np.uint8
+    np.testing.assert_array_equal(pred, gt)
+    res = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert [r["dsc"] for r in res["cases"]] == [1.0, 1.0]
+
+
+def test_a_missing_prediction_is_missing_not_resampled(flat_pair):
+    pred_dir, gt_dir, *_ = flat_pair
+    (pred_dir / "2_preRT_mask_registered.nii.gz").unlink()
+    res = evaluate(pred_dir, gt_dir, allow_missing=True)
+    assert res["missing_predictions"] == ["2"] and res["resampled"] == []

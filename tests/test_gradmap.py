@@ -324,3 +324,56 @@ def test_cohort_bad_option_is_one_error_before_any_case(prepared, tmp_path, kwar
     with caplog.at_level(logging.WARNING, logger="hntseg"), pytest.raises(InputError):
         gradmap_cohort(cohort, boxes, tmp_path / "out", **kwargs)
     assert not caplog.records and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- pinned details
+# (each test below fails on a plausible slip that every other test let through)
+
+
+def test_option_bounds_are_inclusive_where_documented():
+    """check_params: sigma and sigma_mm in (0, 100], gain >= 0 (0 is allowed: an all-zero
+    map), context >= 0."""
+    from hntseg.gradmap import MAX_SIGMA, check_params
+
+    check_params(MAX_SIGMA, 0.0, sigma_mm=MAX_SIGMA, context=0)  # every edge allowed
+    for kwargs in (
+        {"sigma": MAX_SIGMA * (1 + 1e-9), "gain": 2.0},
+        {"sigma": 1.0, "gain": 2.0, "sigma_mm": MAX_SIGMA * (1 + 1e-9)},
+        {"sigma": 1.0, "gain": 2.0, "sigma_mm": 0.0},
+        {"sigma": 1.0, "gain": -1e-9},
+    ):
+        with pytest.raises(InputError):
+            check_params(**kwargs)
+    image = make_image(t2_array(0))
+    box = Box(1, (1, 2, 3), (5, 20, 25))
+    out = sitk.GetArrayFromImage(gradient_map(image, boxset_for(image, [box]), gain=0.0))
+    assert not out.any()
+
+
+def test_flat_box_gives_ones_without_numpy_warnings():
+    """A flat crop (min == max) takes the 'all ones' branch directly: no 0/0 on the way
+    (a RuntimeWarning per box in a user's log, or an error under -W error)."""
+    import warnings
+
+    arr = t2_array(3)
+    arr[2:6, 5:12, 5:12] = 50.0
+    image = make_image(arr)
+    boxes = [Box(1, (2, 5, 5), (5, 11, 11)), Box(2, (0, 20, 20), (6, 30, 30))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = sitk.GetArrayFromImage(gradient_map(image, boxset_for(image, boxes)))
+    assert (out[boxes[0].slices] == 1).all()
+    ref = reference_map(arr, boxes[1:])
+    np.testing.assert_allclose(out[boxes[1].slices], ref[boxes[1].slices], atol=1e-6)
+
+
+def test_large_intensity_offset_changes_nothing():
+    """The min-max normalisation makes the map independent of an intensity offset; that
+    holds in float64 arithmetic (float32 keeps about 7 digits: at 1e6 the T2's texture
+    would be rounded to 1/16)."""
+    arr = t2_array(4).astype(np.float64) / 100.0  # texture 0..~8
+    box = Box(1, (1, 3, 4), (9, 30, 33))
+    plain, shifted = make_image(arr), make_image(arr + 1e6)
+    a = sitk.GetArrayFromImage(gradient_map(plain, boxset_for(plain, [box])))
+    b = sitk.GetArrayFromImage(gradient_map(shifted, boxset_for(shifted, [box])))
+    np.testing.assert_allclose(b, a, atol=1e-5)

@@ -228,3 +228,61 @@ def test_score_arrays_volumes_and_structures():
     assert p["dsc"] == pytest.approx(14 / 15)
     assert n["dsc"] == 1.0 and n["hd95"] == 0.0
     assert (p["tp"], p["fp"], p["fn"]) == (1, 0, 0)
+
+
+# --------------------------------------------------------------------------- pinned details
+# (each test below fails on a plausible slip that every other test let through)
+
+
+def test_shape_and_spacing_mismatches_are_errors_not_numbers():
+    a = np.zeros((4, 5, 6), bool)
+    a[1, 2, 3] = True
+    with pytest.raises(ValueError, match="shapes differ"):
+        crop_pair(a, np.zeros((4, 6, 5), bool))
+    with pytest.raises(ValueError, match="spacing"):
+        surface_distances(a, a, (0.5, 2.0))
+    with pytest.raises(ValueError, match="spacing"):
+        surface_distances(a, a, (0.5, 0.5, 2.0, 1.0))
+
+
+def test_score_arrays_reverses_the_sitk_spacing():
+    """score_arrays takes SimpleITK's (x, y, z) spacing: 3 slices apart at 2 mm slices is
+    6 mm, 3 columns apart at 0.5 mm is 1.5 mm (fails if the spacing is not reversed)."""
+    gt = np.zeros((8, 6, 9), np.uint8)
+    gt[2, 3, 4] = 1
+    gt[2, 1, 1] = 2
+    pred = np.zeros_like(gt)
+    pred[5, 3, 4] = 1  # GTVp: 3 slices away
+    pred[2, 1, 4] = 2  # GTVn: 3 columns away
+    for mode in ("pooled", "directed"):
+        p, n = score_arrays(pred, gt, (0.5, 0.5, 2.0), hd95=mode)
+        assert p["hd95"] == pytest.approx(6.0) and p["msd"] == pytest.approx(6.0)
+        assert n["hd95"] == pytest.approx(1.5) and n["msd"] == pytest.approx(1.5)
+        assert p["gt_mm3"] == pytest.approx(0.5) and p["dsc"] == 0.0
+
+
+def test_score_arrays_uses_the_requested_hd95_definition():
+    """A 2-voxel false positive far from a small cube: the directed HD95 sees it (7% of the
+    prediction's surface), the pooled one does not (4% of all distances)."""
+    gt = np.zeros((10, 10, 30), np.uint8)
+    gt[3:6, 3:6, 3:6] = 1
+    pred = gt.copy()
+    pred[4, 4, 25:27] = 1
+    sd = surface_distances(pred == 1, gt == 1, (2.0, 0.5, 0.5))
+    pooled, directed = sd.hd95("pooled"), sd.hd95("directed")
+    assert directed > pooled + 1.0
+    assert score_arrays(pred, gt, (0.5, 0.5, 2.0), hd95="pooled")[0]["hd95"] == pooled
+    assert score_arrays(pred, gt, (0.5, 0.5, 2.0), hd95="directed")[0]["hd95"] == directed
+
+
+def test_score_arrays_computes_each_distance_metric_on_its_own():
+    gt = np.zeros((4, 6, 6), np.uint8)
+    gt[1:3, 1:4, 1:4] = 1
+    pred = np.roll(gt, 1, axis=2)
+    only_msd = score_arrays(pred, gt, (0.5, 0.5, 2.0), metrics=("msd",))[0]
+    only_hd95 = score_arrays(pred, gt, (0.5, 0.5, 2.0), metrics=("hd95",))[0]
+    both = score_arrays(pred, gt, (0.5, 0.5, 2.0))[0]
+    assert only_msd["hd95"] is None and only_msd["msd"] == both["msd"] > 0
+    assert only_hd95["msd"] is None and only_hd95["hd95"] == both["hd95"] > 0
+    none = score_arrays(pred, gt, (0.5, 0.5, 2.0), metrics=("dsc",))[0]
+    assert none["hd95"] is None and none["msd"] is None
