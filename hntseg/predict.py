@@ -186,6 +186,20 @@ def _ready_cases(folder: Path, channels: Sequence[str]) -> list[PredictCase]:
     return cases
 
 
+def _select_ids(
+    cases: list[PredictCase], ids: Iterable[str] | None, folder: Path
+) -> list[PredictCase]:
+    """Only the cases named in `ids` (output ids, e.g. `5` for `5_midRT_0000`); an id with
+    no case is an error, as for a cohort."""
+    if ids is None:
+        return cases
+    wanted = {str(i) for i in ids}
+    unknown = sorted(wanted - {c.id for c in cases})
+    if unknown:
+        raise InputError(f"{folder}: no ready case for id(s) {', '.join(unknown)}")
+    return [c for c in cases if c.id in wanted]
+
+
 def _cohort_cases(
     cohort: Path,
     channels: Sequence[str],
@@ -436,6 +450,7 @@ def ensemble_predict(
     OUT/<id>.nii.gz (uint8, mid-RT grid). Cases whose record matches are skipped unless
     `force`; a failing case is reported and the others go on (StageError at the end).
     `cpu_bf16` runs the network in bfloat16 on a CPU: faster, slightly different masks.
+    `ids`: only these patients of a cohort, or these cases of a ready folder (by output id).
     `num_parts`/`part_id`: only this part of the cases (round-robin, for job arrays)."""
     from hntseg.cohort import report_gradmaps, shard
 
@@ -450,7 +465,7 @@ def ensemble_predict(
         raise InputError(f"{src}: input folder not found")
     ready = any(strip_suffix(p).endswith("_0000") for p in src.iterdir() if p.is_file())
     if ready:
-        cases = _ready_cases(src, channels)
+        cases = _select_ids(_ready_cases(src, channels), ids, src)
     else:
         cases = _cohort_cases(src, channels, reg_dir, gradmap_dir, ids)
         if gradmap_dir is not None and "gradmap" in channels:

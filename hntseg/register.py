@@ -802,7 +802,7 @@ def _register_case(
                 threads_used = int(itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads())
             before, after = set(np.unique(array(mask))), set(np.unique(array(warped_mask)))
             if not after <= before:  # nearest neighbour can only copy labels
-                raise RuntimeError(f"registered mask has labels {sorted(after - before)}")
+                raise RuntimeError(f"registered mask has labels {sorted(map(int, after - before))}")
 
     sim: dict[str, Any] = {"registered": similarity(fixed, warped)}
     if identity_t2 is not None:
