@@ -284,7 +284,10 @@ def _check_predict_ids(ctx: Context, stages: Sequence[Stage], only: Sequence[str
     root = ctx.path("predict_cohort")
     if not root.is_dir():
         return
-    have = set(ctx.patient_ids(root))
+    if ctx.config["predict"]["cohort"]:
+        have = set(ctx.patient_ids(root))
+    else:  # the training cohort: the top-level ids apply, as in the predict stage
+        have = set(ctx.all_ids(root))
     missing = [str(i) for i in wanted if str(i) not in have]
     if missing:
         raise InputError(f"{root}: predict.ids: no patient {', '.join(missing)}")
