@@ -80,6 +80,10 @@ def plan_and_preprocess(
     `patch_size` or `batch_size` for tests) before preprocessing.
     """
     check_plans_override(plans_override)
+    if plans_override:  # as its record keeps it (JSON): a tuple patch is the same override
+        plans_override = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in plans_override.items()
+        }
     check_plan_options(gpu_memory_target, configuration, workers)
     name = find_dataset(work, dataset_id)  # before any folder is created
     paths = set_environment(work, workers)
