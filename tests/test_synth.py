@@ -183,3 +183,117 @@ def test_a_killed_synth_resumes(tmp_path, monkeypatch):
     truths = synth_cohort(tmp_path / "c", patients=3, size=(16, 16, 8))
     assert [t["id"] for t in truths] == ["1", "2", "3"]
     assert read_json(tmp_path / "c" / "synth.json")["complete"] is True
+
+
+# --- mutation audit: the known mapping, the exact registration, the truths ---------------
+
+
+def test_known_mapping_is_the_rigid_motion_plus_the_control_deformation():
+    """T(x) = R x + t + d(x), d the B-spline of the control displacements: at a control
+    node it is exactly that node's displacement; with no deformation T is the rigid part."""
+    from hntseg.synth import make_patient, mid_to_pre
+
+    p = make_patient(np.random.default_rng(3), (240.0, 240.0, 150.0))
+    nodes = [(1, 2, 3), (2, 3, 2), (3, 1, 4)]  # (z, y, x) lattice indices, inside
+    pts = np.array([p.deform_origin + np.array([i, j, k]) * p.deform_step for k, j, i in nodes])
+    rigid = pts @ p.rotation.T + p.translation
+    want = np.array([[p.deform[c][k, j, i] for c in range(3)] for k, j, i in nodes])
+    assert np.abs(want).max() > 1.0  # a real deformation, not a zero one
+    np.testing.assert_allclose(mid_to_pre(p, pts) - rigid, want, atol=1e-9)
+    assert not np.allclose(p.rotation, np.eye(3)) and np.abs(p.translation).max() > 0.5
+    p.deform = np.zeros_like(p.deform)
+    np.testing.assert_allclose(mid_to_pre(p, pts), rigid, atol=1e-9)
+
+
+def _patient_of(cohort, pid, seed=0):
+    """Patient `pid` of a synthetic cohort drawn again from its seed, as synth_patient does."""
+    from hntseg.records import case_seed
+    from hntseg.synth import make_patient
+
+    pre = sitk.ReadImage(str(expected_path(cohort, pid, "preRT_T2")))
+    fov = tuple(n * s for n, s in zip(pre.GetSize(), pre.GetSpacing(), strict=True))
+    return make_patient(np.random.default_rng(case_seed(seed, pid, "synth")), fov), pre
+
+
+def test_registered_files_are_pre_rt_sampled_at_the_known_mapping(tiny_cohort):
+    """The `_registered` files are the pre-RT mask (nearest neighbour) and T2 (cubic
+    B-spline) sampled at T(mid-RT grid); the truth's rigid part is the patient's."""
+    from scipy import ndimage
+
+    from hntseg.synth import grid_points, mid_to_pre
+
+    truths = {t["id"]: t for t in read_json(tiny_cohort / "synth.json")["patients"]}
+    for pid in ("1", "2"):
+        patient, pre = _patient_of(tiny_cohort, pid)
+        np.testing.assert_allclose(truths[pid]["rigid"]["rotation"], patient.rotation)
+        np.testing.assert_allclose(truths[pid]["rigid"]["translation_mm"], patient.translation)
+        mid = sitk.ReadImage(str(expected_path(tiny_cohort, pid, "midRT_T2")))
+        mapped = mid_to_pre(patient, grid_points(Grid.of(mid)))
+        idx = ((mapped - np.array(pre.GetOrigin())) / np.array(pre.GetSpacing()))[:, ::-1].T
+        shape = array(mid).shape
+        pre_mask = array(read_mask(expected_path(tiny_cohort, pid, "preRT_mask")))
+        reg_mask = array(read_mask(expected_path(tiny_cohort, pid, "preRT_mask_registered")))
+        want = ndimage.map_coordinates(pre_mask, idx, order=0, mode="constant", cval=0)
+        assert reg_mask.any() and np.array_equal(reg_mask, want.reshape(shape))
+        reg_t2 = array(sitk.ReadImage(str(expected_path(tiny_cohort, pid, "preRT_T2_registered"))))
+        want = ndimage.map_coordinates(array(pre), idx, order=3, mode="constant", cval=0.0)
+        np.testing.assert_allclose(reg_t2, np.maximum(want, 0).reshape(shape), atol=1e-2)
+
+
+def test_mid_rt_intensity_follows_the_truths_scale(tiny_cohort):
+    """Mid-RT T2 = the pre-RT anatomy x intensity_scale (plus bias and noise)."""
+    truths = read_json(tiny_cohort / "synth.json")["patients"]
+    scales = [t["intensity_scale"] for t in truths]
+    assert max(scales) / min(scales) > 1.3  # the check below can tell them apart
+    for t in truths:
+        mid = array(sitk.ReadImage(str(expected_path(tiny_cohort, t["id"], "midRT_T2"))))
+        reg = sitk.ReadImage(str(expected_path(tiny_cohort, t["id"], "preRT_T2_registered")))
+        reg = array(reg)
+        tissue = reg > 200
+        ratio = np.median(mid[tissue]) / np.median(reg[tissue])
+        assert 0.85 < ratio / t["intensity_scale"] < 1.18, (t["id"], ratio)
+
+
+def test_spacing_reaches_the_written_images(tmp_path):
+    truths = synth_cohort(tmp_path, patients=1, size=(16, 16, 8), spacing=(2.0, 2.5, 5.0))
+    img = sitk.ReadImage(str(expected_path(tmp_path, "1", "preRT_T2")))
+    assert img.GetSpacing() == pytest.approx((2.0, 2.5, 5.0))
+    assert truths[0]["preRT_grid"]["spacing_xyz_mm"] == pytest.approx([2.0, 2.5, 5.0])
+
+
+@pytest.mark.parametrize("patients", [0, -1])
+def test_no_patients_is_refused(tmp_path, patients):
+    with pytest.raises(InputError, match="--patients"):
+        synth_cohort(tmp_path / "c", patients=patients, size=(16, 16, 8))
+    assert not (tmp_path / "c").exists()
+
+
+def test_rerun_with_another_seed_or_force_draws_again(tmp_path):
+    """Patients are kept only when the params are the same: another seed redraws them (the
+    same bytes as a fresh cohort of that seed); --force redraws too."""
+    c, fresh = tmp_path / "c", tmp_path / "fresh"
+    synth_cohort(c, patients=1, seed=1, size=(16, 16, 8))
+    synth_cohort(c, patients=1, seed=2, size=(16, 16, 8))
+    synth_cohort(fresh, patients=1, seed=2, size=(16, 16, 8))
+    for key in FILES:
+        assert _digest(expected_path(c, "1", key)) == _digest(expected_path(fresh, "1", key))
+    assert read_json(c / "synth.json")["params"]["seed"] == 2
+    path = expected_path(c, "1", "midRT_T2")
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    synth_cohort(c, patients=1, seed=2, size=(16, 16, 8), force=True)
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) != before
+    assert _digest(path) == _digest(expected_path(fresh, "1", "midRT_T2"))
+
+
+def test_weight_loss_moves_the_skin_in_at_mid_rt():
+    """At mid-RT the fat thins: a point just inside the pre-RT skin is outside the body."""
+    from hntseg.synth import make_patient, render
+
+    p = make_patient(np.random.default_rng(5), (240.0, 240.0, 150.0))
+    thin, ax = p.weight_loss, p.body_axes[0]
+    assert thin < 0.99
+    pts = np.array([[ax * (1 + thin) / 2, 0.0, 0.0], [ax * thin * 0.5, 0.0, 0.0]])
+    pre, _ = render(p, pts, "pre")
+    mid, _ = render(p, pts, "mid")
+    assert pre[0] > 0 and mid[0] == 0  # the skin moved in
+    assert pre[1] == mid[1] > 0  # the anatomy inside did not move
