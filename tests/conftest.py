@@ -18,11 +18,15 @@ if os.environ.get("CI"):
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def make_image(arr: np.ndarray, spacing=(0.5, 0.5, 2.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
+def make_image(
+    arr: np.ndarray, spacing=(0.5, 0.5, 2.0), origin=(0.0, 0.0, 0.0), direction=None
+) -> sitk.Image:
     """A SimpleITK image from a (z, y, x) array with (x, y, z) spacing."""
     image = sitk.GetImageFromArray(arr)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
     return image
 
 

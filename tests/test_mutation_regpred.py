@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_image
 from typer.testing import CliRunner
 
 from hntseg import predict
@@ -30,12 +31,7 @@ DID = 7
 
 
 def _image(arr: np.ndarray, spacing=(0.5, 0.75, 2.0), origin=(0.0, 0.0, 0.0), direction=None):
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    return image
+    return make_image(arr, spacing, origin, direction)
 
 
 def _write(path: Path, image: sitk.Image) -> Path:

@@ -329,23 +329,6 @@ def test_workers_zero_is_valid_and_a_bool_is_not():
         nnunet.check_workers(True)
 
 
-@pytest.mark.parametrize(("version", "ok"), [("2.8.1", True), ("2.9.0", False), ("2.10.2", False)])
-def test_nnunet_version_range(monkeypatch, version, ok):
-    real = nnunet.metadata.version
-    monkeypatch.setattr(
-        nnunet.metadata, "version", lambda name: version if name == "nnunetv2" else real(name)
-    )
-    nnunet.check_nnunet_version.cache_clear()
-    try:
-        if ok:
-            assert nnunet.check_nnunet_version() == version
-        else:
-            with pytest.raises(InputError, match=f"nnunetv2 {version} is installed"):
-                nnunet.check_nnunet_version()
-    finally:
-        nnunet.check_nnunet_version.cache_clear()
-
-
 def test_torch_threads_set_inside_stay_when_torch_was_not_imported_before(monkeypatch):
     """Nobody chose a thread count before: the one chosen inside (the allocation's) stays."""
     import torch

@@ -94,14 +94,28 @@ def test_matplotlib_backend_switched_inside_is_put_back():
         matplotlib.use(original)
 
 
-@pytest.mark.parametrize("version", ["2.7.0", "2.6.4", "3.0.0"])
-def test_unsupported_nnunet_is_refused(version, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [
+        ("2.8.1", True),
+        ("2.7.0", False),
+        ("2.6.4", False),
+        ("2.9.0", False),
+        ("2.10.2", False),
+        ("3.0.0", False),
+    ],
+)
+def test_nnunet_version_range(version, ok, tmp_path, monkeypatch):
+    """2.8.x is accepted; any other version is refused before a folder is made."""
     real = nnunet.metadata.version
     monkeypatch.setattr(
         nnunet.metadata, "version", lambda name: version if name == "nnunetv2" else real(name)
     )
     nnunet.check_nnunet_version.cache_clear()
     try:
+        if ok:
+            assert nnunet.check_nnunet_version() == version
+            return
         with pytest.raises(InputError, match=f"nnunetv2 {version} is installed; hntseg needs 2.8"):
             nnunet.set_environment(tmp_path / "work")
         assert not (tmp_path / "work").exists()

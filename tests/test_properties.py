@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_image
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -68,19 +69,7 @@ def directions() -> st.SearchStrategy[tuple[float, ...]]:
     return st.one_of(axis_directions(), rotations())
 
 
-def image(
-    arr: np.ndarray,
-    spacing: tuple[float, ...] = (0.5, 0.5, 2.0),
-    origin: tuple[float, ...] = (0.0, 0.0, 0.0),
-    direction: tuple[float, ...] | None = None,
-) -> sitk.Image:
-    """A SimpleITK image from a (z, y, x) array with (x, y, z) geometry."""
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    if direction is not None:
-        img.SetDirection(direction)
-    return img
+image = make_image  # (z, y, x) array, (x, y, z) geometry
 
 
 def label_mask(seed: int, shape: tuple[int, ...], threshold: float = 0.55) -> np.ndarray:
