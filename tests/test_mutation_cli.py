@@ -288,19 +288,20 @@ def test_ensemble_predict_options(monkeypatch, tmp_path):
     call(
         [*base, "--folds", "0,2", "--folds", "4", "--no-tta", "--device", "cpu"]
         + ["--registered", str(r), "--gradmaps", str(g), "--margin", "6", "--ensemble", "logits"]
-        + ["--num-parts", "3", "--part-id", "2", "--force", "--cpu-bf16"]
+        + ["--num-parts", "3", "--part-id", "2", "--force", "--cpu-bf16", "--ids", "3,5"]
     )
     call(base)
     given, default = calls
     expected = {"input": i, "work": w, "dataset_id": 7, "out": o, "folds": [0, 2, 4]}
     expected |= {"tta": False, "device": "cpu", "registered": r, "gradmaps": g, "margin": 6}
-    expected |= {"ids": None, "trainer": None, "ensemble": "logits", "cache": None}
+    expected |= {"ids": ["3", "5"], "trainer": None, "ensemble": "logits", "cache": None}
     expected |= {"force": True, "cpu_bf16": True, "num_parts": 3, "part_id": 2}
     assert given == expected
     assert default["folds"] == [0, 1, 2, 3, 4] and default["tta"] is True
     assert (default["device"], default["margin"], default["ensemble"]) == ("auto", 4, "softmax")
     assert (default["force"], default["cpu_bf16"], default["num_parts"]) == (False, False, 1)
     assert default["registered"] is None and default["gradmaps"] is None
+    assert default["ids"] is None
 
 
 def test_challenge_predict_options(monkeypatch, tmp_path):

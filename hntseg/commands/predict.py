@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hntseg.commands import split_ids
 from hntseg.log import status
 
 
@@ -39,6 +40,9 @@ def add(app: typer.Typer) -> None:
         input_root: Path = typer.Option(Path("/input"), "--input-root", help="Challenge input."),
         output_root: Path = typer.Option(
             Path("/output"), "--output-root", help="Challenge output."
+        ),
+        ids: list[str] | None = typer.Option(
+            None, "--ids", help="Only these ids (patients of a cohort, or ready cases)."
         ),
         num_parts: int = typer.Option(1, "--num-parts", help="Split the cases into K parts."),
         part_id: int = typer.Option(0, "--part-id", help="Predict part I of --num-parts."),
@@ -89,6 +93,7 @@ def add(app: typer.Typer) -> None:
             registered=registered,
             gradmaps=gradmaps,
             margin=margin,
+            ids=split_ids(ids),
             ensemble=ensemble,
             force=force,
             cpu_bf16=cpu_bf16,
