@@ -10,6 +10,7 @@ exit 2). Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import typer
@@ -22,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from hntseg import __version__
-from hntseg.errors import HntsegError
+from hntseg.errors import HntsegError, Terminated
 from hntseg.log import console, logging_kept, setup_logging
 
 COMMAND_MODULES = (
@@ -53,6 +54,10 @@ class _Group(TyperGroup):
             message = str(exc).replace("\n", " ")
             console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated) from main()
+            name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+            console.print(f"[bold red]error:[/] stopped by {name}", soft_wrap=True)
+            raise typer.Exit(code) from None
         except UsageError as exc:
             # a bad option value or a missing argument: one line too, not a usage box
             if isinstance(exc, NoArgsIsHelpError):
@@ -106,6 +111,11 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"hntseg.commands.{_name}").add(app)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C (exit code 143)."""
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(app())

@@ -25,3 +25,8 @@ class StageError(HntsegError):
     """A stage ran but some cases failed; the others finished."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster job's time limit, `scancel`, `kill`), raised where the program
+    is, so that it unwinds like Ctrl-C: partial outputs are removed on the way out."""

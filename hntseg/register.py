@@ -38,6 +38,7 @@ from hntseg.cohort import discover, expected_path, shard
 from hntseg.errors import InputError, StageError, one_line
 from hntseg.io import (
     LABEL_NAMES,
+    TMP_PREFIX,
     Grid,
     array,
     check_not_constant,
@@ -573,9 +574,10 @@ def _remove_outputs(paths: Mapping[str, Path], strict: bool = True) -> None:
 
 
 def _remove_unrecorded(task: Mapping[str, Any]) -> None:
-    """After a worker died (which fails every case still queued, too): remove a case's
-    registered image and mask only when no record vouches for them (a finished case keeps
-    its outputs) and they are not one of the case's inputs (e.g. through a symlink)."""
+    """After a worker died or was stopped (which fails every case still queued, too):
+    remove a case's registered image and mask only when no record vouches for them (a
+    finished case keeps its outputs) and they are not one of the case's inputs (e.g.
+    through a symlink); also its elastix files and what its atomic writes had begun."""
     paths = case_outputs(task["out"], task["case_id"])
     if paths["record"].is_file():
         return
@@ -585,6 +587,17 @@ def _remove_unrecorded(task: Mapping[str, Any]) -> None:
         path = paths[key]
         if path.is_file() and path.resolve() not in inputs:
             path.unlink()
+    folders = (paths["elastix"], paths["t2"].parent, paths["record"].parent)
+    for folder in folders:
+        leftovers = sorted(folder.glob(TMP_PREFIX + "*")) if folder.is_dir() else []
+        if folder == paths["elastix"] and folder.is_dir():
+            leftovers += [*folder.glob("TransformParameters.*.txt"), folder / "elastix.log"]
+        for path in leftovers:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when left empty
 
 
 class _CasePlan(NamedTuple):
@@ -866,6 +879,42 @@ def _write_chain(chain: Sequence[ParameterMap], folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- cohort
 
 
+def _worker_init() -> None:
+    """In a pool worker: Ctrl-C is the parent's to handle (it stops the workers itself).
+
+    Two ITK settings (private names; where they are absent nothing changes): ITK is kept
+    from importing torch (about 0.5 GiB and a second per worker), which it loads only to
+    accept torch tensors, which register never passes; and its lazy loader's lock is its
+    thread lock alone, without the inter-process semaphore it makes per process (a
+    worker stopped by the parent would leave it to Python's "leaked semaphore" warning).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(ImportError):
+        import itk.support.helpers as itk_helpers
+        import itk.support.lazy as itk_lazy
+
+        if hasattr(itk_helpers, "_HAVE_TORCH"):
+            itk_helpers._HAVE_TORCH = False
+        lock = getattr(itk_lazy, "ITKLazyLoadLock", None)
+        if lock is not None and not hasattr(lock, "mp_lock"):
+            lock.mp_lock = None
+
+
+def _stop_pool(pool: Any) -> None:
+    """Cancel a process pool's queued cases and end its workers now (SIGTERM), not after
+    their current case."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API < 3.14
+    for proc in workers:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in workers:
+        with contextlib.suppress(Exception):
+            proc.join(10)
+    pool.shutdown(wait=True, cancel_futures=True)  # the pool sees its workers gone: quick
+
+
 def _run_case(kwargs: dict[str, Any]) -> CaseResult:
     """One case, never raising: failures become a failed CaseResult (for process pools)."""
     start = time.perf_counter()
@@ -972,17 +1021,27 @@ def register_cohort(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = multiprocessing.get_context("spawn")  # no fork after ITK threads started
-        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
+        n = min(workers, len(pending))
+        with ProcessPoolExecutor(n, mp_context=context, initializer=_worker_init) as pool:
             futures = {pool.submit(_run_case, t): t for t in pending}
-            for fut in progress(as_completed(futures), f"register ({method})", len(futures)):
-                task = futures[fut]
-                pid = task["case_id"]
-                try:
-                    by_id[pid] = fut.result()
-                except Exception as exc:  # a worker that died (e.g. a crash inside elastix)
-                    by_id[pid] = CaseResult(pid, "failed", f"worker died: {one_line(exc)}")
-                    _remove_unrecorded(task)
-                _report(by_id[pid])
+            try:
+                for fut in progress(as_completed(futures), f"register ({method})", len(futures)):
+                    task = futures[fut]
+                    pid = task["case_id"]
+                    try:
+                        by_id[pid] = fut.result()
+                    except Exception as exc:  # a worker that died (e.g. a crash in elastix)
+                        by_id[pid] = CaseResult(pid, "failed", f"worker died: {one_line(exc)}")
+                        _remove_unrecorded(task)
+                    _report(by_id[pid])
+            except BaseException:
+                # Ctrl-C or SIGTERM: stop now. Left alone, the pool would run every queued
+                # case first (and a worker in elastix sees a signal only when it returns).
+                _stop_pool(pool)
+                for task in pending:
+                    if task["case_id"] not in by_id:
+                        _remove_unrecorded(task)
+                raise
     results = [by_id[t["case_id"]] for t in tasks]
     failed = [r for r in results if r.status == "failed"]
     if failed and raise_on_failure:

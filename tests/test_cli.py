@@ -233,3 +233,49 @@ def test_installed_version_is_the_package_version():
     from importlib.metadata import version
 
     assert version("hntseg") == __version__
+
+
+@pytest.mark.parametrize(
+    "stop, code, name", [(KeyboardInterrupt, 130, "Ctrl-C"), ("terminated", 143, "SIGTERM")]
+)
+def test_a_stopped_command_says_so_in_one_line(stop, code, name, tmp_path, monkeypatch):
+    """Ctrl-C and SIGTERM (a cluster's time limit) end a command with one line and the
+    shell's exit code for the signal (130, 143), not typer's "Aborted!" and exit code 1."""
+    import hntseg.synth
+    from hntseg.errors import Terminated
+
+    exc = Terminated if stop == "terminated" else stop
+
+    def stopped(*args, **kwargs):
+        raise exc()
+
+    monkeypatch.setattr(hntseg.synth, "synth_cohort", stopped)
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "c")])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == code and lines == [f"error: stopped by {name}"], result.output
+
+
+def test_sigterm_unwinds_and_leaves_no_temporary_file(tmp_path):
+    """The console entry point turns SIGTERM into the same unwinding as Ctrl-C, so the
+    atomic writes under way remove their temporary files (the default action killed the
+    process on the spot, leaving them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "c"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hntseg", "synth", str(out), "-n", "200", "--size", "96x96x24"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*/midRT/*.nii.gz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "error: stopped by SIGTERM" in output, output
+    assert not [p for p in out.rglob("*") if p.name.startswith(".hntseg-tmp")]

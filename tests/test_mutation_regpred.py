@@ -766,7 +766,7 @@ def test_cohort_seeds_threads_and_failures(case, known_rigid, tmp_path, monkeypa
     from hntseg.records import case_seed
 
     class InlinePool:
-        def __init__(self, max_workers, mp_context=None):
+        def __init__(self, max_workers, mp_context=None, initializer=None):
             pass
 
         def __enter__(self):

@@ -584,6 +584,41 @@ def test_after_a_worker_died_only_unrecorded_outputs_go(small, tmp_path):
     assert provided.is_file()
 
 
+def test_an_interrupted_pool_stops_now_and_leaves_no_partial_case(tmp_path, monkeypatch):
+    """Ctrl-C during a run with --workers (or SIGTERM, which the CLI unwinds the same way)
+    stops at once: the queued cases are not started (the pool used to run every one of them
+    before the interrupt got through), no worker outlives the call, and a case that did not
+    finish leaves nothing, its temporary and elastix files included."""
+    import multiprocessing
+
+    import hntseg.register as register
+    from hntseg.synth import synth_cohort
+
+    cohort = tmp_path / "c"
+    synth_cohort(cohort, patients=10, seed=0, size=(24, 24, 8))
+    out = tmp_path / "o"
+    stale = [out / "10" / "midRT" / ".hntseg-tmp-x.nii.gz", out / "10" / "elastix" / "elastix.log"]
+    for path in stale:  # as a stopped worker would leave them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("partial")
+
+    def interrupt(result) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(register, "_report", interrupt)  # Ctrl-C as the first case is reported
+    with pytest.raises(KeyboardInterrupt):
+        register.register_cohort(cohort, out, method="identity", workers=2, threads=1)
+    assert multiprocessing.active_children() == []
+    done = sorted(p.parent.name for p in out.glob("*/register.record.json"))
+    assert 1 <= len(done) <= 5, done  # the first case, and those already in the workers
+    assert not out.joinpath("10").exists()
+    for case in out.iterdir():  # a stopped case: nothing; a finished one: complete
+        if case.name not in done:
+            assert not any(p.is_file() for p in case.rglob("*")), case
+        else:
+            assert expected_path(out, case.name, "preRT_mask_registered").is_file()
+
+
 def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
     """With --workers, finished cases are skipped before the pool starts (each spawned worker
     costs its start-up, and itk's import for elastix): a rerun with nothing to do starts
@@ -597,7 +632,7 @@ def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
     pools: list[int] = []
 
     class InlinePool:  # the cases run here, at once; records the pool's size
-        def __init__(self, max_workers: int, mp_context=None) -> None:
+        def __init__(self, max_workers: int, mp_context=None, initializer=None) -> None:
             pools.append(max_workers)
 
         def __enter__(self) -> InlinePool:
