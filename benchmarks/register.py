@@ -2,7 +2,7 @@
 presets on one synthetic case of the paper's median size (512x512x75 at ~0.47x0.47x2 mm).
 
 Each variant runs in its own subprocess. That process first imports ITK and instantiates
-the elastix/transformix classes (a one-time cost per process, ~9 s and ~1.2 GiB here),
+the elastix/transformix classes (a one-time cost per process, ~9 s and ~0.9 GiB here),
 which is timed and reported on its own line; the per-case time and peak memory exclude it:
 time/case is `register_case` alone, and the case's peak is the peak RSS during the case
 above the RSS after that load (Linux VmHWM, reset through /proc/self/clear_refs).
@@ -59,8 +59,9 @@ def _child(args: argparse.Namespace) -> None:
 
     from hntseg.cohort import expected_path
     from hntseg.io import array, read_mask
-    from hntseg.register import format_parameter_map, read_parameter_file, register_case
+    from hntseg.register import format_parameter_map, lean_itk, read_parameter_file, register_case
 
+    lean_itk()  # as `hntseg register` and its workers load ITK
     rss0 = status_mib()["VmRSS"]
     reset_peak()
     t0 = time.perf_counter()

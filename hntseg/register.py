@@ -879,18 +879,14 @@ def _write_chain(chain: Sequence[ParameterMap], folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- cohort
 
 
-def _worker_init() -> None:
-    """In a pool worker: Ctrl-C is the parent's to handle (it stops the workers itself).
-
-    Two ITK settings (private names; where they are absent nothing changes): ITK is kept
-    from importing torch (about 0.5 GiB and a second per worker), which it loads only to
-    accept torch tensors, which register never passes; and its lazy loader's lock is its
-    thread lock alone, without the inter-process semaphore it makes per process (a
-    worker stopped by the parent would leave it to Python's "leaked semaphore" warning).
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def lean_itk() -> None:
+    """Load ITK lean, in a process that is hntseg's own (a pool worker, the `hntseg
+    register` command), not in a notebook's: two ITK settings, private names (where they
+    are absent nothing changes). ITK is kept from importing torch (about 0.5 GiB and a
+    second), which it loads only to accept torch tensors, which register never passes; and
+    its lazy loader's lock is its thread lock alone, without the inter-process semaphore it
+    makes per process (a worker stopped by its parent would leave that to Python's "leaked
+    semaphore" warning). Call it before ITK loads its modules."""
     with contextlib.suppress(ImportError):
         import itk.support.helpers as itk_helpers
         import itk.support.lazy as itk_lazy
@@ -900,6 +896,14 @@ def _worker_init() -> None:
         lock = getattr(itk_lazy, "ITKLazyLoadLock", None)
         if lock is not None and not hasattr(lock, "mp_lock"):
             lock.mp_lock = None
+
+
+def _worker_init() -> None:
+    """In a pool worker: Ctrl-C is the parent's to handle (it stops the workers itself)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lean_itk()
 
 
 def _stop_pool(pool: Any) -> None:

@@ -619,6 +619,31 @@ def test_an_interrupted_pool_stops_now_and_leaves_no_partial_case(tmp_path, monk
             assert expected_path(out, case.name, "preRT_mask_registered").is_file()
 
 
+def test_register_processes_load_itk_without_torch():
+    """`hntseg register` and its workers keep ITK from importing torch (which it loads as
+    soon as a filter module loads, to accept torch tensors): 0.5 GiB and a second each."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hntseg.register import _worker_init; _worker_init(); "
+        "import itk; itk.ImageSource; print('torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr
+
+
+def test_the_register_command_loads_itk_lean(small, tmp_path, monkeypatch):
+    """The command's process is hntseg's own, so it loads ITK as lean as its workers."""
+    import hntseg.register
+
+    calls: list[bool] = []
+    monkeypatch.setattr(hntseg.register, "lean_itk", lambda: calls.append(True))
+    args = ["--quiet", "register", str(small), "--out", str(tmp_path / "o"), "--ids", "1"]
+    result = CliRunner().invoke(app, [*args, "--method", "identity"])
+    assert result.exit_code == 0 and calls == [True], result.output
+
+
 def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
     """With --workers, finished cases are skipped before the pool starts (each spawned worker
     costs its start-up, and itk's import for elastix): a rerun with nothing to do starts
