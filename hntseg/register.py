@@ -546,6 +546,13 @@ def _check_outputs_apart(
         )
 
 
+def _elastix_files(folder: Path) -> list[Path]:
+    """The files elastix writes into a case's elastix folder (none when it is absent)."""
+    if not folder.is_dir():
+        return []
+    return [*sorted(folder.glob("TransformParameters.*.txt")), folder / "elastix.log"]
+
+
 def _remove_outputs(paths: Mapping[str, Path], strict: bool = True) -> None:
     """Remove a case's outputs, the record first (so nothing vouches for a partial set).
 
@@ -556,8 +563,7 @@ def _remove_outputs(paths: Mapping[str, Path], strict: bool = True) -> None:
     if strict:
         files.append(paths["failed_log"])  # a new run: an earlier failure's log is stale
     folder = paths["elastix"]
-    if folder.is_dir():
-        files += [*sorted(folder.glob("TransformParameters.*.txt")), folder / "elastix.log"]
+    files += _elastix_files(folder)
     for path in files:
         try:
             path.unlink(missing_ok=True)
@@ -590,8 +596,8 @@ def _remove_unrecorded(task: Mapping[str, Any]) -> None:
     folders = (paths["elastix"], paths["t2"].parent, paths["record"].parent)
     for folder in folders:
         leftovers = sorted(folder.glob(TMP_PREFIX + "*")) if folder.is_dir() else []
-        if folder == paths["elastix"] and folder.is_dir():
-            leftovers += [*folder.glob("TransformParameters.*.txt"), folder / "elastix.log"]
+        if folder == paths["elastix"]:
+            leftovers += _elastix_files(folder)
         for path in leftovers:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
