@@ -44,9 +44,14 @@ def demo_config(out: Path, patients: int = 6, register: str = "provided") -> dic
 
 
 def run_demo(
-    out: str | Path = "demo_out", patients: int = 6, force: bool = False, register: str = "provided"
+    out: str | Path = "demo_out",
+    patients: int = 6,
+    force: bool = False,
+    register: str = "provided",
+    isolate: bool | None = None,
 ) -> dict:
-    """Run the demo pipeline into `out`; returns the run record and prints where things are."""
+    """Run the demo pipeline into `out`; returns the run record and prints where things are.
+    `isolate`: see `register_cohort` (the CLI sets it)."""
     import yaml
 
     from hntseg.pipeline import STAGES, load_config, run_pipeline, summarize_run
@@ -71,7 +76,9 @@ def run_demo(
     write_text(config_path, header + yaml.safe_dump(data, sort_keys=False))  # atomic
     cfg = load_config(config_path)
     console.print(f"[bold yellow]{SMOKE_BANNER}[/]", soft_wrap=True)
-    record = run_pipeline(cfg, force=list(STAGES) if force else [], config_path=config_path)
+    record = run_pipeline(
+        cfg, force=list(STAGES) if force else [], config_path=config_path, isolate=isolate
+    )
     console.print(summarize_run(record))
     console.print(where(cfg))
     console.print(f"[bold yellow]{SMOKE_BANNER}[/]", soft_wrap=True)

@@ -23,6 +23,9 @@ class Context:
     device: str | None = None
     force: bool = False  # the stage now running was forced: redo its finished cases too
     changed: bool = False  # ... or its inputs/options changed since its last finished run
+    # register's cases in worker processes even with one worker (hntseg's CLI: True); None:
+    # only when several workers share them (a script may lack the guard spawning needs)
+    isolate: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # patient ids found under each folder, kept until a stage runs (see patient_ids)
     _found: dict[Path, list[str]] = field(

@@ -316,11 +316,13 @@ def run_pipeline(
     num_parts: int = 1,
     part_id: int = 0,
     config_path: str | Path | None = None,
+    isolate: bool | None = None,
 ) -> dict[str, Any]:
     """Run the stages in order, skipping finished ones; returns the run record (run.json).
 
     `config` is a resolved config (`load_config` / `resolve_config`); `stages` defaults to
     the method's table (`default_stages`). With `dry_run`, only plans and returns the plan.
+    `isolate`: see `register_cohort` (the CLI sets it).
     """
     from hntseg.cohort import shard
 
@@ -330,7 +332,7 @@ def run_pipeline(
     stages = list(stages) if stages is not None else default_stages(config)
     check_stage_names(force, stages, "--force")
     check_stage_names(only, stages, "--only")
-    ctx = Context(config, num_parts=num_parts, part_id=part_id)
+    ctx = Context(config, num_parts=num_parts, part_id=part_id, isolate=isolate)
     _check_fold_count(ctx, stages, only)
     _check_predict_ids(ctx, stages, only)
     record: dict[str, Any] = {

@@ -580,10 +580,10 @@ def _remove_outputs(paths: Mapping[str, Path], strict: bool = True) -> None:
 
 
 def _remove_unrecorded(task: Mapping[str, Any]) -> None:
-    """After a worker died or was stopped (which fails every case still queued, too):
-    remove a case's registered image and mask only when no record vouches for them (a
-    finished case keeps its outputs) and they are not one of the case's inputs (e.g.
-    through a symlink); also its elastix files and what its atomic writes had begun."""
+    """After a case's worker died or was stopped: remove its registered image and mask
+    only when no record vouches for them (a finished case keeps its outputs) and they are
+    not one of the case's inputs (e.g. through a symlink); also its elastix files and what
+    its atomic writes had begun."""
     paths = case_outputs(task["out"], task["case_id"])
     if paths["record"].is_file():
         return
@@ -708,6 +708,7 @@ def register_case(
     provided_mask: str | Path | None = None,
     force: bool = False,
     maps: Sequence[ParameterMap] | None = None,
+    isolate: bool = False,
 ) -> CaseResult:
     """Register one case into OUT/<case_id>/ (see the module docstring); skip if done.
 
@@ -715,8 +716,26 @@ def register_case(
     file(s) (the rigid stage follows `preset`); `maps` are those files already parsed by
     `check_options` (parsed here when None). Bad input raises InputError. Outputs are
     written only once everything is computed and checked, the record last; a case that
-    fails for any reason leaves none of its outputs behind.
+    fails for any reason leaves none of its outputs behind. `isolate` registers in a worker
+    process (a crash raises WorkerDied; Ctrl-C stops it at once), as `hntseg register` does.
     """
+    task = {
+        "pre_t2": pre_t2,
+        "pre_mask": pre_mask,
+        "mid_t2": mid_t2,
+        "out": out,
+        "case_id": case_id,
+        "method": method,
+        "preset": preset,
+        "params": params,
+        "seed": seed,
+        "threads": threads,
+        "mid_mask": mid_mask,
+        "provided_t2": provided_t2,
+        "provided_mask": provided_mask,
+        "force": force,
+        "maps": maps,
+    }
     case_id, inputs, paths, case_maps, fingerprint_params = _plan_case(
         pre_t2=pre_t2,
         pre_mask=pre_mask,
@@ -735,6 +754,8 @@ def register_case(
     )
     if not force and is_done(paths["record"], inputs, fingerprint_params):
         return _skipped_result(case_id, paths["record"])
+    if isolate:
+        return _case_in_worker(task)
     try:
         _remove_outputs(paths)  # a rerun: no file of an earlier run may outlive it
         return _register_case(
@@ -904,25 +925,25 @@ def lean_itk() -> None:
             lock.mp_lock = None
 
 
-def _worker_init() -> None:
-    """In a pool worker: Ctrl-C is the parent's to handle (it stops the workers itself)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lean_itk()
+def _call_case(kwargs: dict[str, Any]) -> CaseResult:
+    return register_case(**kwargs)
 
 
-def _stop_pool(pool: Any) -> None:
-    """Cancel a process pool's queued cases and end its workers now (SIGTERM), not after
-    their current case."""
-    workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API < 3.14
-    for proc in workers:
-        with contextlib.suppress(Exception):
-            proc.terminate()
-    for proc in workers:
-        with contextlib.suppress(Exception):
-            proc.join(10)
-    pool.shutdown(wait=True, cancel_futures=True)  # the pool sees its workers gone: quick
+def _case_in_worker(task: dict[str, Any]) -> CaseResult:
+    """register_case(**task) in a worker process: its value, or what it raised."""
+    from hntseg.workers import Pool, WorkerDied
+
+    try:
+        with Pool(1, init=lean_itk) as pool:
+            outcome = next(pool.imap_unordered(_call_case, [task]))
+    except BaseException:  # Ctrl-C or SIGTERM: the worker is ended, its partial files go
+        _remove_unrecorded(task)
+        raise
+    if isinstance(outcome.error, WorkerDied):
+        _remove_unrecorded(task)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.value
 
 
 def _run_case(kwargs: dict[str, Any]) -> CaseResult:
@@ -970,6 +991,7 @@ def register_cohort(
     part_id: int = 0,
     force: bool = False,
     raise_on_failure: bool = True,
+    isolate: bool | None = None,
 ) -> list[CaseResult]:
     """Register every patient of a cohort into OUT (HNTS-MRG layout), `workers` at a time.
 
@@ -977,6 +999,11 @@ def register_cohort(
     `force`. Options and parameter files are checked once, before any case (InputError).
     A failing case is logged, leaves no outputs, and the others finish; then StageError is
     raised (unless raise_on_failure is False) naming the failed ids.
+
+    `isolate` runs the cases in worker processes (hntseg.workers) even with one worker:
+    a crash then fails only its case, and Ctrl-C or SIGTERM stops at once instead of when
+    elastix returns. None (the default): only when `workers` > 1 have cases to share, so
+    that a script without a `__main__` guard can call this with one worker.
     """
     # bad options or parameter files fail here, before any case; the maps are parsed once
     maps = check_options(method, preset, params, threads, workers)
@@ -1012,8 +1039,8 @@ def register_cohort(
     ]
     by_id: dict[str, CaseResult] = {}
     pending = tasks
-    if workers > 1 and len(tasks) > 1:
-        # a worker's first check, made here: no pool (and no imports in it) for done cases
+    if isolate or (isolate is None and workers > 1 and len(tasks) > 1):
+        # a worker's first check, made here: no worker (and no imports in it) for done cases
         pending = []
         for task in tasks:
             skipped = _skipped(task)
@@ -1022,36 +1049,34 @@ def register_cohort(
             else:
                 by_id[task["case_id"]] = skipped
                 _report(skipped)
-    if workers == 1 or len(pending) <= 1:
+    if isolate is None:  # in this process unless several workers have cases to share
+        isolate = workers > 1 and len(pending) > 1
+    if not isolate:
         for task in progress(pending, f"register ({method})"):
             by_id[task["case_id"]] = _run_case(task)
             _report(by_id[task["case_id"]])
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    elif pending:
+        from hntseg.workers import Pool
 
-        context = multiprocessing.get_context("spawn")  # no fork after ITK threads started
-        n = min(workers, len(pending))
-        with ProcessPoolExecutor(n, mp_context=context, initializer=_worker_init) as pool:
-            futures = {pool.submit(_run_case, t): t for t in pending}
-            try:
-                for fut in progress(as_completed(futures), f"register ({method})", len(futures)):
-                    task = futures[fut]
+        try:
+            with Pool(min(workers, len(pending)), init=lean_itk) as pool:
+                outcomes = pool.imap_unordered(_run_case, pending)
+                for outcome in progress(outcomes, f"register ({method})", len(pending)):
+                    task = pending[outcome.index]
                     pid = task["case_id"]
-                    try:
-                        by_id[pid] = fut.result()
-                    except Exception as exc:  # a worker that died (e.g. a crash in elastix)
-                        by_id[pid] = CaseResult(pid, "failed", f"worker died: {one_line(exc)}")
+                    if outcome.error is None:
+                        by_id[pid] = outcome.value
+                    else:  # its worker died (a crash in elastix, the out-of-memory killer)
+                        by_id[pid] = CaseResult(pid, "failed", one_line(outcome.error))
                         _remove_unrecorded(task)
                     _report(by_id[pid])
-            except BaseException:
-                # Ctrl-C or SIGTERM: stop now. Left alone, the pool would run every queued
-                # case first (and a worker in elastix sees a signal only when it returns).
-                _stop_pool(pool)
-                for task in pending:
-                    if task["case_id"] not in by_id:
-                        _remove_unrecorded(task)
-                raise
+        except BaseException:
+            # Ctrl-C or SIGTERM: the pool has ended its workers (one inside elastix sees no
+            # signal until it returns); what they had begun goes
+            for task in pending:
+                if task["case_id"] not in by_id:
+                    _remove_unrecorded(task)
+            raise
     results = [by_id[t["case_id"]] for t in tasks]
     failed = [r for r in results if r.status == "failed"]
     if failed and raise_on_failure:

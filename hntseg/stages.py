@@ -82,6 +82,7 @@ def _register_stage() -> Stage:
             seed=ctx.seed,
             ids=ctx.ids(),
             force=ctx.force,
+            isolate=ctx.isolate,
         )
 
     def inputs(ctx: Context) -> dict[str, Path]:

@@ -57,6 +57,27 @@ _FIGURES: list[str] = []
 
 
 @pytest.fixture
+def inline_pool(monkeypatch) -> list[int]:
+    """hntseg.workers.Pool replaced by one that runs the tasks here, at once (monkeypatches
+    reach them); returns the sizes of the pools asked for."""
+    import hntseg.workers
+
+    sizes: list[int] = []
+
+    class InlinePool(hntseg.workers.Pool):
+        def __init__(self, workers: int, init=None) -> None:
+            sizes.append(workers)
+            super().__init__(workers, init)
+
+        def imap_unordered(self, fn, tasks):
+            for index, task in enumerate(tasks):
+                yield hntseg.workers.Outcome(index, fn(task))
+
+    monkeypatch.setattr(hntseg.workers, "Pool", InlinePool)
+    return sizes
+
+
+@pytest.fixture
 def report():
     """Append a line to the 'figures' section printed at the end of the test run."""
     return _FIGURES.append

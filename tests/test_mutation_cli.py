@@ -340,7 +340,7 @@ def test_register_cohort_options(monkeypatch, tmp_path):
     given, challenge, default = calls
     expected = {"cohort": c, "out": o, "method": "identity", "preset": "fast", "params": None}
     expected |= {"seed": 5, "threads": 2, "workers": 3, "ids": ["1", "2"], "num_parts": 2}
-    expected |= {"part_id": 1, "force": True, "raise_on_failure": True}
+    expected |= {"part_id": 1, "force": True, "raise_on_failure": True, "isolate": True}
     assert given == expected
     assert challenge["preset"] == "challenge" and challenge["method"] == "elastix"
     assert (default["method"], default["preset"], default["seed"]) == ("elastix", "fast", 0)
@@ -504,6 +504,7 @@ def test_run_options(monkeypatch, tmp_path):
         "num_parts": 3,
         "part_id": 2,
         "config_path": cfg.resolve(),
+        "isolate": True,
     }
     assert (default["force"], default["only"], default["dry_run"]) == ([], [], False)
     assert (default["num_parts"], default["part_id"]) == (1, 0)
@@ -515,12 +516,19 @@ def test_demo_options(monkeypatch, tmp_path):
     calls = record(monkeypatch, "hntseg.demo", "run_demo", result={})
     call(["demo", "--out", str(tmp_path), "--patients", "3", "--register", "identity", "--force"])
     call(["demo"])
-    assert calls[0] == {"out": tmp_path, "patients": 3, "force": True, "register": "identity"}
+    assert calls[0] == {
+        "out": tmp_path,
+        "patients": 3,
+        "force": True,
+        "register": "identity",
+        "isolate": True,
+    }
     assert calls[1] == {
         "out": Path("demo_out"),
         "patients": 6,
         "force": False,
         "register": "provided",
+        "isolate": True,
     }
     result = call(["demo", "--register", "bogus"], code=2)
     assert "--register 'bogus'" in result.output and len(calls) == 2

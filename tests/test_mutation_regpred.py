@@ -756,31 +756,12 @@ def _layout(case, root: Path, ids=("1", "2")) -> Path:
     return root
 
 
-def test_cohort_seeds_threads_and_failures(case, known_rigid, tmp_path, monkeypatch):
+def test_cohort_seeds_threads_and_failures(case, known_rigid, tmp_path, monkeypatch, inline_pool):
     """Each case its own seed; threads shared out over the workers; a failed case is
     reported, not raised, when asked (the others are done either way)."""
-    import concurrent.futures
-    from concurrent.futures import Future
-
     import hntseg.register as reg
     from hntseg.records import case_seed
 
-    class InlinePool:
-        def __init__(self, max_workers, mp_context=None, initializer=None):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def submit(self, fn, *args):
-            future: Future = Future()
-            future.set_result(fn(*args))
-            return future
-
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlinePool)
     monkeypatch.setattr(reg, "available_cpus", lambda: 6)
     cohort = _layout(case, tmp_path / "cohort", ids=("1", "2", "3"))
     out = tmp_path / "out"

@@ -4,6 +4,7 @@ resume, determinism, bad input, failure isolation and a real-MRI golden test."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ def test_provided_method_adopts_organizers_files(cohort, tmp_path):
 # --------------------------------------------------------------------------- failures
 
 
-def test_failing_case_does_not_stop_the_others(cohort, tmp_path, monkeypatch):
+def test_failing_case_does_not_stop_the_others(cohort, tmp_path, monkeypatch, inline_pool):
     import hntseg.register as reg
 
     def fake(fixed, moving, maps, initial, threads=None, log_dir=None):
@@ -282,8 +283,8 @@ def _mask_on_another_grid(like: Path, path: Path) -> Path:
     return path
 
 
-def test_failed_case_leaves_none_of_its_outputs(small, tmp_path, monkeypatch):
-    # cohort form: case 1's mid-RT mask is on another grid; case 2 is fine
+def test_failed_case_leaves_none_of_its_outputs(small, tmp_path, monkeypatch, request):
+    # cohort form: case 1's mid-RT mask is on another grid; case 2 is fine (in workers)
     cohort = _copy_cohort(small, tmp_path / "cohort")
     mid_mask = expected_path(cohort, "1", "midRT_mask")
     _mask_on_another_grid(mid_mask, mid_mask)
@@ -303,7 +304,10 @@ def test_failed_case_leaves_none_of_its_outputs(small, tmp_path, monkeypatch):
 
     # a failure after the images are written (here: the record) removes them again, and
     # a forced rerun that fails leaves no output of the earlier, successful run either
+    # (the cases run here, where the monkeypatches are)
     import hntseg.register as reg
+
+    inline_pool = request.getfixturevalue("inline_pool")
 
     args = ["--quiet", "register", *_case_args(small), "--out", str(out), "--id", "p1"]
     assert runner.invoke(app, [*args, "--method", "identity"]).exit_code == 0
@@ -328,6 +332,7 @@ def test_failed_case_leaves_none_of_its_outputs(small, tmp_path, monkeypatch):
     # no outputs; only elastix's log, kept for debugging
     assert [p.name for p in (out / "p1").rglob("*")] == ["elastix.failed.log"]
     assert sorted(p.name for p in out.iterdir()) == ["2", "p1"]
+    assert inline_pool == [1, 1, 1]  # the command's single case runs in a worker too
 
 
 def test_missing_mid_mask_is_an_error_only_when_given(small, tmp_path):
@@ -626,14 +631,14 @@ def test_register_processes_load_itk_without_torch():
     import sys
 
     code = (
-        "import sys; from hntseg.register import _worker_init; _worker_init(); "
+        "import sys; from hntseg.register import lean_itk; lean_itk(); "
         "import itk; itk.ImageSource; print('torch' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False", run.stdout + run.stderr
 
 
-def test_the_register_command_loads_itk_lean(small, tmp_path, monkeypatch):
+def test_the_register_command_loads_itk_lean(small, tmp_path, monkeypatch, inline_pool):
     """The command's process is hntseg's own, so it loads ITK as lean as its workers."""
     import hntseg.register
 
@@ -644,34 +649,14 @@ def test_the_register_command_loads_itk_lean(small, tmp_path, monkeypatch):
     assert result.exit_code == 0 and calls == [True], result.output
 
 
-def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
+def test_done_cases_start_no_worker(tiny_cohort, tmp_path, inline_pool):
     """With --workers, finished cases are skipped before the pool starts (each spawned worker
     costs its start-up, and itk's import for elastix): a rerun with nothing to do starts
     none, one case left runs here as with --workers 1, and the pool is never bigger than
     the cases left to run."""
-    import concurrent.futures
-    from concurrent.futures import Future
-
     from hntseg.register import register_cohort
 
-    pools: list[int] = []
-
-    class InlinePool:  # the cases run here, at once; records the pool's size
-        def __init__(self, max_workers: int, mp_context=None, initializer=None) -> None:
-            pools.append(max_workers)
-
-        def __enter__(self) -> InlinePool:
-            return self
-
-        def __exit__(self, *exc) -> None:
-            return None
-
-        def submit(self, fn, *args) -> Future:
-            future: Future = Future()
-            future.set_result(fn(*args))
-            return future
-
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlinePool)
+    pools = inline_pool
     out = tmp_path / "o"
 
     def statuses(**kw) -> list[str]:
@@ -686,6 +671,11 @@ def test_done_cases_start_no_worker(tiny_cohort, tmp_path, monkeypatch):
     (out / "3" / "register.record.json").unlink()
     assert statuses(workers=8) == ["skipped", "skipped", "ok", "skipped"] and pools == [3]
     assert statuses(workers=2, force=True) == ["ok"] * 4 and pools == [3, 2]
+    (out / "1" / "register.record.json").unlink()
+    skip3 = ["ok", "skipped", "skipped", "skipped"]
+    assert statuses(isolate=True) == skip3 and pools == [3, 2, 1]  # the CLI's: one case too
+    (out / "1" / "register.record.json").unlink()
+    assert statuses(workers=8, isolate=False) == skip3 and pools == [3, 2, 1]
 
 
 def test_library_call_keeps_itk_threads_and_a_rerun_keeps_its_scores(small, tmp_path):
@@ -713,3 +703,94 @@ def test_library_call_keeps_itk_threads_and_a_rerun_keeps_its_scores(small, tmp_
     assert again.status == "skipped"
     assert again.similarity == first.similarity and again.similarity
     assert again.dice_to_midRT == first.dice_to_midRT and again.dice_to_midRT
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    """The pids of `parent`'s multiprocessing workers (not its resource tracker), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+@needs_proc
+def test_a_killed_worker_fails_its_own_case_only(tiny_cohort, tmp_path):
+    """A worker killed mid-case (the out-of-memory killer, a segfault in elastix) fails
+    that case alone: the others finish, and the dead case leaves nothing. (With Python's
+    process pool, one dead worker failed every case still to finish.)"""
+    import os
+    import signal
+    import threading
+
+    from hntseg.register import register_cohort
+
+    killed: list[int] = []
+
+    def kill_the_first_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for pid in _spawned_workers(os.getpid())[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=kill_the_first_worker)
+    thread.start()
+    out = tmp_path / "o"
+    results = register_cohort(
+        tiny_cohort, out, method="identity", workers=2, threads=1, raise_on_failure=False
+    )
+    thread.join()
+    assert killed, "no worker process was seen"
+    failed = [r for r in results if r.status == "failed"]
+    assert len(failed) == 1, [(r.id, r.status, r.error) for r in results]
+    assert "worker died (killed by SIGKILL" in failed[0].error
+    assert [r.status for r in results].count("ok") == len(results) - 1
+    assert not (out / failed[0].id).exists()
+
+
+@needs_proc
+def test_ctrl_c_stops_a_single_case_at_once(tmp_path):
+    """`hntseg register` runs even one case in a worker process, so Ctrl-C stops it within
+    a second or two, not when elastix (minutes with the challenge preset) or ITK's import
+    returns, and the case leaves nothing behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from hntseg.synth import synth_cohort
+
+    cohort = tmp_path / "c"
+    synth_cohort(cohort, patients=1, seed=0, size=(96, 96, 32), spacing=(1.5, 1.5, 3.0))
+    out = tmp_path / "o"
+    args = [sys.executable, "-m", "hntseg", "register", "--out", str(out)]
+    args += ["--preset", "challenge", "--threads", "1"]
+    for flag, key in (("pre-t2", "preRT_T2"), ("pre-mask", "preRT_mask"), ("mid-t2", "midRT_T2")):
+        args += [f"--{flag}", str(expected_path(cohort, "1", key))]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _spawned_workers(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # the worker is in its imports (ITK's) or in elastix
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
+    start = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("Ctrl-C did not stop the registration within 20 s")
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 130, err
+    assert "error: stopped by Ctrl-C" in err and "Traceback" not in err, err
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))

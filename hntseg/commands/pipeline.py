@@ -42,6 +42,7 @@ def add(app: typer.Typer) -> None:
             num_parts=num_parts,
             part_id=part_id,
             config_path=config.resolve(),
+            isolate=True,  # register: a crash fails its case only; Ctrl-C stops at once
         )
         if dry_run:
             from hntseg.pipeline import Decision
@@ -72,7 +73,7 @@ def add(app: typer.Typer) -> None:
 
         if register not in ("provided", "elastix", "identity"):
             raise InputError(f"--register {register!r}: choose provided, elastix or identity")
-        run_demo(out, patients=patients, force=force, register=register)
+        run_demo(out, patients=patients, force=force, register=register, isolate=True)
 
     @app.command("config")
     def config_cmd(

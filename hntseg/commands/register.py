@@ -108,6 +108,7 @@ def add(app: typer.Typer) -> None:
                     mid_mask=mid_mask,
                     force=force,
                     maps=maps,
+                    isolate=True,  # Ctrl-C stops it at once; a crash is one line
                 )
             except HntsegError:
                 raise
@@ -130,6 +131,7 @@ def add(app: typer.Typer) -> None:
                 part_id=part_id,
                 force=force,
                 raise_on_failure=True,
+                isolate=True,  # a crash fails its case only; Ctrl-C stops at once
             )
         done = sum(r.status == "ok" for r in results)
         skipped = sum(r.status == "skipped" for r in results)
