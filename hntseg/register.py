@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -208,7 +208,29 @@ def rigid_register(
     seed: int = 0,
     threads: int | None = None,
 ) -> sitk.Euler3DTransform:
-    """Euler3D transform (fixed physical point -> moving physical point), Mattes MI."""
+    """Euler3D transform (fixed physical point -> moving physical point), Mattes MI, its
+    parameters snapped to steps so that repeated runs agree (see ROTATION_STEP_RAD)."""
+    result = _rigid_fit(fixed, moving, settings, seed, threads)
+
+    def one_thread() -> Sequence[float]:
+        log.info("rigid stage: near a snapping step's edge; recomputed with one thread")
+        nonlocal result
+        result = _rigid_fit(fixed, moving, settings, seed, 1)
+        return result.GetParameters()
+
+    snapped = snap_reproducibly(result.GetParameters(), one_thread if threads != 1 else None)
+    result.SetParameters(snapped)  # on the one-thread result when it was recomputed
+    return result
+
+
+def _rigid_fit(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    settings: RigidSettings,
+    seed: int,
+    threads: int | None,
+) -> sitk.Euler3DTransform:
+    """The optimised Euler3D transform, unsnapped."""
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     shrink = 1
@@ -242,25 +264,50 @@ def rigid_register(
         reg.Execute(fixed, moving)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
-    result = sitk.Euler3DTransform(init)
-    result.SetParameters(snap_rigid(result.GetParameters()))
-    return result
+    return sitk.Euler3DTransform(init)
 
 
-# SimpleITK's rigid stage is not bit-reproducible with more than one thread: two 2-thread
-# runs differ by about 1e-9 (rad, mm); 1-thread runs agree (measured). elastix's
-# stochastic optimiser amplifies that: measured at 512x512x75, a 1e-9 mm change of the
-# start moved a 2 mL node's Dice by 0.045. Snapping to these steps (1.5 um at 150 mm from
-# the centre) gives elastix the same start unless a parameter lies within 1e-9 of a step
-# boundary (about one case in 5,000).
-ROTATION_STEP_RAD = 1e-5
-TRANSLATION_STEP_MM = 1e-4
+# SimpleITK's rigid stage is not bit-reproducible with more than one thread (Mattes MI's
+# sums depend on the threads' timing); 1-thread runs agree. Measured spread of five
+# 2-thread runs: about 1e-11 rad and 3e-9 mm at 512x512x75, up to 1.1e-7 rad and 4.5e-6 mm
+# on 96x96x32 phantoms at 1.5 mm. elastix amplifies any change of its start (at
+# 512x512x75 a 1e-9 mm change moved a 2 mL node's Dice by 0.045). So the parameters are
+# snapped to steps (15 um at 150 mm from the centre, 10 um: far below a voxel), and a
+# multi-threaded result within a margin of a step's edge (5-10x the largest spread
+# measured) is recomputed with one thread: two runs whose results differ by less than the
+# margin then give elastix the same start (snap_reproducibly). About 6 % of multi-threaded
+# cases pay that second, one-thread rigid run.
+ROTATION_STEP_RAD = 1e-4
+TRANSLATION_STEP_MM = 1e-2
+ROTATION_MARGIN_RAD = 5e-7
+TRANSLATION_MARGIN_MM = 5e-5
+_STEPS = (ROTATION_STEP_RAD,) * 3 + (TRANSLATION_STEP_MM,) * 3
 
 
 def snap_rigid(parameters: Sequence[float]) -> tuple[float, ...]:
     """Euler3D parameters (3 angles in rad, 3 shifts in mm) on a fixed grid of steps."""
-    steps = (ROTATION_STEP_RAD,) * 3 + (TRANSLATION_STEP_MM,) * 3
-    return tuple(round(round(v / q) * q, 12) for v, q in zip(parameters, steps, strict=True))
+    return tuple(round(round(v / q) * q, 12) for v, q in zip(parameters, _STEPS, strict=True))
+
+
+def near_step_edge(parameters: Sequence[float]) -> bool:
+    """Whether a parameter lies within its margin of the edge between two snapping steps."""
+    margins = (ROTATION_MARGIN_RAD,) * 3 + (TRANSLATION_MARGIN_MM,) * 3
+    return any(
+        abs((v / q) % 1.0 - 0.5) * q < m
+        for v, q, m in zip(parameters, _STEPS, margins, strict=True)
+    )
+
+
+def snap_reproducibly(
+    parameters: Sequence[float], one_thread: Callable[[], Sequence[float]] | None
+) -> tuple[float, ...]:
+    """Snapped parameters of a run, the same for every run whose parameters lie within the
+    margins of the one-thread run's: near a step's edge the one-thread run's are snapped
+    (`one_thread` computes them; None: these are one-thread parameters already); elsewhere
+    this run and the one-thread run lie on the same side of every edge."""
+    if one_thread is not None and near_step_edge(parameters):
+        parameters = one_thread()
+    return snap_rigid(parameters)
 
 
 def _to_itk(image: sitk.Image):

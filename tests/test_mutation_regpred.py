@@ -716,14 +716,14 @@ def test_rigid_stage_is_seeded_snapped_and_leaves_threads_as_they_were(case):
         snap_rigid,
     )
 
-    assert (ROTATION_STEP_RAD, TRANSLATION_STEP_MM) == (1e-5, 1e-4)
-    assert snap_rigid([0.0123456, -0.0000049, 1e-9, 3.14159, -2.71828, 0.00005]) == (
-        0.01235,
-        -0.0,
+    assert (ROTATION_STEP_RAD, TRANSLATION_STEP_MM) == (1e-4, 1e-2)
+    assert snap_rigid([0.01234, -0.00006, 1e-9, 3.14159, -2.71828, 0.006]) == (
+        0.0123,
+        -0.0001,
         0.0,
-        3.1416,
-        -2.7183,
-        0.0,
+        3.14,
+        -2.72,
+        0.01,
     )
     fixed, moving = _mid(case), sitk.ReadImage(str(case["pre_t2"]))
     settings = RigidSettings(iterations=5, sampling=0.3)
