@@ -725,13 +725,18 @@ def _skipped_result(case_id: str, record: Path) -> CaseResult:
     )
 
 
+def _plan_args(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's (register_case's arguments') share for _plan_case."""
+    return {k: v for k, v in task.items() if k != "force"}
+
+
 def _skipped(task: Mapping[str, Any]) -> CaseResult | None:
     """The `skipped` result a worker would return for this task, or None when the case is
     to run (or its inputs are bad: the run then reports that as it always did)."""
     if task["force"]:
         return None
     try:
-        case = _plan_case(**{k: v for k, v in task.items() if k != "force"})
+        case = _plan_case(**_plan_args(task))
         if is_done(case.paths["record"], case.inputs, case.params):
             return _skipped_result(case.case_id, case.paths["record"])
     except Exception:
@@ -766,7 +771,7 @@ def register_case(
     fails for any reason leaves none of its outputs behind. `isolate` registers in a worker
     process (a crash raises WorkerDied; Ctrl-C stops it at once), as `hntseg register` does.
     """
-    task = {
+    task = {  # the arguments, as a worker gets them
         "pre_t2": pre_t2,
         "pre_mask": pre_mask,
         "mid_t2": mid_t2,
@@ -783,22 +788,7 @@ def register_case(
         "force": force,
         "maps": maps,
     }
-    case_id, inputs, paths, case_maps, fingerprint_params = _plan_case(
-        pre_t2=pre_t2,
-        pre_mask=pre_mask,
-        mid_t2=mid_t2,
-        out=out,
-        case_id=case_id,
-        method=method,
-        preset=preset,
-        params=params,
-        seed=seed,
-        threads=threads,
-        mid_mask=mid_mask,
-        provided_t2=provided_t2,
-        provided_mask=provided_mask,
-        maps=maps,
-    )
+    case_id, inputs, paths, case_maps, fingerprint_params = _plan_case(**_plan_args(task))
     if not force and is_done(paths["record"], inputs, fingerprint_params):
         return _skipped_result(case_id, paths["record"])
     if isolate:
