@@ -785,20 +785,14 @@ def _spawned_workers(parent: int) -> list[int]:
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 
-@needs_proc
-def test_a_killed_worker_fails_its_own_case_only(tiny_cohort, tmp_path):
-    """A worker killed mid-case (the out-of-memory killer, a segfault in elastix) fails
-    that case alone: the others finish, and the dead case leaves nothing. (With Python's
-    process pool, one dead worker failed every case still to finish.)"""
+def _kill_the_first_worker(killed: list[int]):
+    """A thread that SIGKILLs this process's first spawned worker as soon as it appears
+    (as the out-of-memory killer would), noting its pid in `killed`."""
     import os
     import signal
     import threading
 
-    from hntseg.register import register_cohort
-
-    killed: list[int] = []
-
-    def kill_the_first_worker() -> None:
+    def run() -> None:
         deadline = time.monotonic() + 60
         while not killed and time.monotonic() < deadline:
             for pid in _spawned_workers(os.getpid())[:1]:
@@ -806,8 +800,20 @@ def test_a_killed_worker_fails_its_own_case_only(tiny_cohort, tmp_path):
                 killed.append(pid)
             time.sleep(0.005)
 
-    thread = threading.Thread(target=kill_the_first_worker)
+    thread = threading.Thread(target=run)
     thread.start()
+    return thread
+
+
+@needs_proc
+def test_a_killed_worker_fails_its_own_case_only(tiny_cohort, tmp_path):
+    """A worker killed mid-case (the out-of-memory killer, a segfault in elastix) fails
+    that case alone: the others finish, and the dead case leaves nothing. (With Python's
+    process pool, one dead worker failed every case still to finish.)"""
+    from hntseg.register import register_cohort
+
+    killed: list[int] = []
+    thread = _kill_the_first_worker(killed)
     out = tmp_path / "o"
     results = register_cohort(
         tiny_cohort, out, method="identity", workers=2, threads=1, raise_on_failure=False
@@ -819,6 +825,22 @@ def test_a_killed_worker_fails_its_own_case_only(tiny_cohort, tmp_path):
     assert "worker died (killed by SIGKILL" in failed[0].error
     assert [r.status for r in results].count("ok") == len(results) - 1
     assert not (out / failed[0].id).exists()
+
+
+@needs_proc
+def test_a_killed_worker_of_a_single_case_is_an_error_of_that_case(tiny_cohort, tmp_path):
+    """register_case(isolate=True), as `hntseg register --pre-t2 ...` runs it: a worker
+    that dies raises WorkerDied naming the signal, and the case leaves nothing."""
+    from hntseg.register import register_case
+    from hntseg.workers import WorkerDied
+
+    killed: list[int] = []
+    thread = _kill_the_first_worker(killed)
+    paths = [expected_path(tiny_cohort, "1", k) for k in ("preRT_T2", "preRT_mask", "midRT_T2")]
+    with pytest.raises(WorkerDied, match="killed by SIGKILL"):
+        register_case(*paths, tmp_path / "o", "p1", method="identity", isolate=True)
+    thread.join()
+    assert killed and not (tmp_path / "o" / "p1").exists()
 
 
 @needs_proc
