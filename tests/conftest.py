@@ -59,7 +59,8 @@ _FIGURES: list[str] = []
 @pytest.fixture
 def inline_pool(monkeypatch) -> list[int]:
     """hntseg.workers.Pool replaced by one that runs the tasks here, at once (monkeypatches
-    reach them); returns the sizes of the pools asked for."""
+    reach them), its `init` first as a worker would; returns the sizes of the pools asked
+    for."""
     import hntseg.workers
 
     sizes: list[int] = []
@@ -70,6 +71,8 @@ def inline_pool(monkeypatch) -> list[int]:
             super().__init__(workers, init)
 
         def imap_unordered(self, fn, tasks):
+            if self.init is not None:
+                self.init()
             for index, task in enumerate(tasks):
                 yield hntseg.workers.Outcome(index, fn(task))
 

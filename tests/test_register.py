@@ -702,7 +702,8 @@ def test_register_processes_load_itk_without_torch():
 
 
 def test_the_register_command_loads_itk_lean(small, tmp_path, monkeypatch, inline_pool):
-    """The command's process is hntseg's own, so it loads ITK as lean as its workers."""
+    """The command's cases run in workers that load ITK lean (the command's own process no
+    longer loads ITK at all)."""
     import hntseg.register
 
     calls: list[bool] = []

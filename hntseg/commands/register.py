@@ -68,12 +68,9 @@ def add(app: typer.Typer) -> None:
             case_summary,
             check_case_id,
             check_options,
-            lean_itk,
             register_case,
             register_cohort,
         )
-
-        lean_itk()  # this process is hntseg's: no torch inside ITK (about 0.5 GiB less)
 
         # one check of the options for both forms, before any file is read (the cohort
         # form parses the parameter files in register_cohort, once)
