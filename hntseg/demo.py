@@ -88,12 +88,14 @@ def run_demo(
 def where(cfg: dict[str, Any]) -> str:
     """Where the masks, the score table and the QC pictures are, and the headline score."""
 
-    work = Path(cfg["work"])
-    evaluation = Path(cfg["evaluate"]["out"] or work / "evaluation")
+    from hntseg.engine import Context
+
+    ctx = Context(cfg)  # the stages' own folders, `out` options included
+    evaluation = ctx.path("evaluation")
     lines = [
-        f"masks:        {Path(cfg['predict']['out'] or work / 'predictions')}/<id>.nii.gz",
+        f"masks:        {ctx.path('predictions')}/<id>.nii.gz",
         f"score table:  {evaluation / 'cases.csv'}  (summary: {evaluation / 'summary.json'})",
-        f"QC pictures:  {work / 'qc'}/",
+        f"QC pictures:  {ctx.path('qc')}/",
     ]
     if (evaluation / "figures").is_dir():
         lines.append(f"score plots:  {evaluation / 'figures'}/ (per-case DSC, worst cases)")
@@ -117,10 +119,10 @@ def where(cfg: dict[str, Any]) -> str:
 
 def _baseline(cfg: dict[str, Any]) -> str | None:
     """DSCagg of the registered pre-RT masks against the mid-RT truth (the method's prior)."""
+    from hntseg.engine import Context
     from hntseg.evaluate import evaluate
 
-    work = Path(cfg["work"])
-    registered = work / "registered"
+    registered = Context(cfg).path("registered")  # the cohort itself for `provided`
     pred = registered if registered.is_dir() else Path(cfg["cohort"])
     try:
         summary = evaluate(pred, cfg["cohort"], metrics=("dscagg",))

@@ -794,8 +794,8 @@ def test_run_demo_force_absolute_work_and_tumour_free_phantoms(demo_calls, tmp_p
 
 
 def test_demo_where_follows_the_out_options_and_the_registered_baseline(tmp_path, monkeypatch):
-    """where() names predict.out and evaluate.out when set; the reference line scores the
-    registered masks in WORK/registered when they exist (else the cohort's)."""
+    """where() names predict.out, evaluate.out and qc.out when set; the reference line
+    scores the registered masks in register.out, else WORK/registered, when they exist."""
     from hntseg import evaluate
     from hntseg.demo import where
 
@@ -809,11 +809,21 @@ def test_demo_where_follows_the_out_options_and_the_registered_baseline(tmp_path
     cfg = {
         "work": str(tmp_path / "w"),
         "cohort": str(tmp_path / "c"),
+        "register": {"method": "elastix", "out": None},
         "predict": {"out": str(tmp_path / "p")},
         "evaluate": {"out": str(tmp_path / "e")},
+        "qc": {"out": None},
     }
     (tmp_path / "w" / "registered").mkdir(parents=True)
     text = where(cfg)
     assert f"masks:        {tmp_path / 'p'}/<id>.nii.gz" in text
     assert f"score table:  {tmp_path / 'e' / 'cases.csv'}" in text
+    assert f"QC pictures:  {tmp_path / 'w' / 'qc'}/" in text
     assert scored == [tmp_path / "w" / "registered"] and text.endswith("GTVp 0.250")
+    # the out options of register and qc (a config rerun with `hntseg run`)
+    cfg["register"]["out"] = str(tmp_path / "r")
+    cfg["qc"]["out"] = str(tmp_path / "q")
+    (tmp_path / "r").mkdir()
+    text = where(cfg)
+    assert f"QC pictures:  {tmp_path / 'q'}/" in text
+    assert scored[-1] == tmp_path / "r"
