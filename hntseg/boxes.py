@@ -27,10 +27,12 @@ from hntseg.io import (
     LABEL_NAMES,
     Grid,
     check_out_folder,
+    check_outputs_apart,
     check_same_grid,
     read_header,
     read_json,
     read_mask,
+    remove_stale,
     write_json,
 )
 from hntseg.log import log
@@ -302,14 +304,17 @@ def boxes_case(
     inputs = {"mask": mask_path}
     params = {"margin": list(margin) if isinstance(margin, tuple) else margin, "seed": seed}
     rec = record_path(out_path)
+    if not out_path.name.lower().endswith(".json"):
+        raise InputError(f"{out_path}: boxes are written as JSON; name the file *.json")
+    check_outputs_apart({**inputs, "T2": t2_path}, (out_path, rec))
     if not force and is_done(rec, inputs, params):
         return None, False
+    remove_stale(rec, [out_path])  # bad input now: no earlier boxes left for gradmap to take
     # the absolute path: the same mask and seed give the same bytes from any working folder
     mask = read_mask(mask_path)
     if t2_path is not None:
         check_same_grid(read_header(t2_path, "T2"), mask, mask_path, t2_path)
     boxset = find_boxes(mask, margin, seed, str(Path(mask_path).resolve()))
-    rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
     write_boxes(out_path, boxset)
     write_record(
         rec, "boxes", inputs, params, [out_path], seed, extra={"n_boxes": len(boxset.boxes)}

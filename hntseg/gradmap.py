@@ -28,8 +28,10 @@ from hntseg.io import (
     Grid,
     check_not_constant,
     check_out_folder,
+    check_outputs_apart,
     from_array,
     read_image,
+    remove_stale,
     write_image,
 )
 from hntseg.log import log
@@ -136,15 +138,16 @@ def gradmap_case(
     inputs = {"t2": t2_path, "boxes": boxes_file}
     params = {"sigma": sigma, "gain": gain, "sigma_mm": sigma_mm, "context": context}
     rec = record_path(out_path)
+    check_outputs_apart(inputs, (out_path, rec))
     if not force and is_done(rec, inputs, params):
         return False
+    remove_stale(rec, [out_path])  # a case that now fails leaves no earlier map behind
     t2 = read_image(t2_path, "T2 image")
     check_not_constant(t2, t2_path, "T2 image")
     boxset = read_boxes(boxes_file, Grid.of(t2))
     if not boxset.boxes:
         log.warning(f"{boxes_file}: no boxes; the gradient map is all zeros")
     image = gradient_map(t2, boxset, sigma, gain, sigma_mm, context)
-    rec.unlink(missing_ok=True)  # killed between the two writes: no old record vouches
     write_image(image, out_path)
     write_record(rec, "gradmap", inputs, params, [out_path], extra={"n_boxes": len(boxset.boxes)})
     return True

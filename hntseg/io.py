@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,27 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def check_outputs_apart(
+    inputs: Mapping[str, str | Path | None], outputs: Iterable[str | Path]
+) -> None:
+    """No output may be an input (through links too): a mistyped --out must never replace
+    the data it was to be computed from."""
+    written = {Path(p).resolve(): Path(p) for p in outputs}
+    for key, path in inputs.items():
+        if path is not None and Path(path).resolve() in written:
+            raise InputError(
+                f"{path}: the {key} input is also the output {written[Path(path).resolve()]}; "
+                "choose another --out"
+            )
+
+
+def remove_stale(record: Path, outputs: Iterable[Path]) -> None:
+    """Remove a case's earlier outputs before it is redone, its record first, so that a
+    case that then fails leaves nothing a later stage could take for its result."""
+    for path in (record, *outputs):
+        path.unlink(missing_ok=True)
 
 
 def require_file(path: str | Path, what: str) -> Path:

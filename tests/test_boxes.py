@@ -505,3 +505,54 @@ def test_cohort_pre_rt_boxes_come_from_the_cohort_not_the_registered_folder(coho
     mid = read_boxes(boxes_path(tmp_path / "o", "1", "midRT")).source
     assert pre == str((cohort / "1" / "preRT" / "1_preRT_mask.nii.gz").resolve())
     assert mid == str((reg / "1" / "midRT" / src.name).resolve())
+
+
+def test_out_naming_an_input_is_refused_and_the_input_kept(tmp_path):
+    """`boxes MASK --out MASK` (or onto the T2) is a one-line error; the mask is untouched.
+    A name that is not *.json is refused too (boxes are JSON)."""
+    from hntseg.boxes import boxes_case
+
+    arr = np.zeros((4, 8, 8), np.uint8)
+    arr[1, 2, 2] = 1
+    mask = tmp_path / "m.nii.gz"
+    sitk.WriteImage(make_image(arr), str(mask))
+    before = mask.read_bytes()
+    link = tmp_path / "link.json"
+    link.symlink_to(mask)
+    for out, needle in ((mask, "*.json"), (link, "also the output")):
+        result = runner.invoke(app, ["boxes", str(mask), "--out", str(out)])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
+    t2 = tmp_path / "t2.nii.gz"
+    t2.write_bytes(before)
+    (tmp_path / "t2.json").symlink_to(t2)
+    with pytest.raises(InputError, match="T2 input is also the output"):
+        boxes_case(mask, tmp_path / "t2.json", t2_path=t2)
+    assert mask.read_bytes() == before == t2.read_bytes() and link.is_symlink()
+    assert not list(tmp_path.glob("*.record.json"))
+
+
+def test_a_case_that_fails_leaves_no_earlier_boxes(cohort, tmp_path):
+    """A mask that turns bad after a finished run: the case fails and its old boxes and
+    record are gone, so gradmap cannot take them for the new mask's."""
+    src = tmp_path / "c"
+    for phase in ("midRT", "preRT"):
+        (src / "1" / phase).mkdir(parents=True)
+        for f in (cohort / "1" / phase).iterdir():
+            (src / "1" / phase / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "o"
+    boxes_cohort(src, out, ids=["1"], phases=("midRT",))
+    target = boxes_path(out, "1", "midRT")
+    assert target.is_file()
+    reg = src / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    image = sitk.ReadImage(str(reg))
+    arr = sitk.GetArrayFromImage(image)
+    arr[arr == 2] = 3
+    arr[0, 0, 0] = 3  # label 3 present even if the phantom has no GTVn
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(reg))
+    with pytest.raises(StageError, match="1_midRT"):
+        boxes_cohort(src, out, ids=["1"], phases=("midRT",))
+    assert not target.exists()
+    assert not (out / "1" / "1_midRT_boxes.record.json").exists()

@@ -377,3 +377,32 @@ def test_large_intensity_offset_changes_nothing():
     a = sitk.GetArrayFromImage(gradient_map(plain, boxset_for(plain, [box])))
     b = sitk.GetArrayFromImage(gradient_map(shifted, boxset_for(shifted, [box])))
     np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_out_naming_an_input_is_refused_and_the_input_kept(prepared, tmp_path):
+    """`gradmap T2 BOXES --out T2` is a one-line error and leaves the T2 as it was."""
+    cohort, boxes = prepared
+    t2 = tmp_path / "t2.nii.gz"
+    t2.write_bytes((cohort / "1" / "midRT" / "1_midRT_T2.nii.gz").read_bytes())
+    before = t2.read_bytes()
+    b = boxes_path(boxes, "1", "midRT")
+    _one_line_error(
+        runner.invoke(app, ["gradmap", str(t2), str(b), "--out", str(t2)]), "also the output"
+    )
+    assert t2.read_bytes() == before
+    assert not (tmp_path / "t2.record.json").exists()
+
+
+def test_a_case_that_fails_leaves_no_earlier_map(prepared, tmp_path):
+    """A finished map whose boxes file turns bad: the rerun fails and the old map and its
+    record are gone (nothing left that build-dataset could take for the new result)."""
+    cohort, boxes = prepared
+    t2 = cohort / "1" / "midRT" / "1_midRT_T2.nii.gz"
+    b = tmp_path / "b.json"
+    b.write_bytes(boxes_path(boxes, "1", "midRT").read_bytes())
+    out = tmp_path / "g.nii.gz"
+    assert gradmap_case(t2, b, out)
+    b.write_text('{"boxes": [')
+    with pytest.raises(InputError, match="malformed"):
+        gradmap_case(t2, b, out)
+    assert not out.exists() and not (tmp_path / "g.record.json").exists()
