@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
+from hntseg.cohort import SUFFIXES
 from hntseg.io import LABEL_NAMES, Grid, atomic_path, read_image, read_mask, resample_to
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn (it is slow to import)
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn (it is slow t
 WORST = 3  # worst cases pictured per structure
 PAD = 12  # voxels around the lesion in the zoomed panel
 GT_COLOUR, PRED_COLOUR = "lime", "red"
+MASK_END, T2_END = "_midRT_mask", "_midRT_T2"  # a mid-RT ground truth, the T2 beside it
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -88,13 +90,17 @@ def worst_rows(rows: Sequence[dict[str, Any]], k: int = WORST) -> list[dict[str,
 
 
 def _t2_beside(gt: Path) -> Path | None:
-    """The mid-RT T2 next to a cohort-layout ground truth (followed through a link)."""
+    """The mid-RT T2 next to a cohort-layout ground truth (followed through a link), or None.
+
+    Both files may have any suffix the cohort layout reads (`cohort.SUFFIXES`, tried in
+    `discover`'s order), each its own: an .nrrd cohort, or a .nii.gz mask beside an .mha T2.
+    """
     real = gt.resolve()
-    for suffix in (".nii.gz", ".mha", ".nii"):
-        if real.name.endswith("_midRT_mask" + suffix):
-            t2 = real.with_name(real.name.replace("_midRT_mask", "_midRT_T2"))
-            return t2 if t2.is_file() else None
-    return None
+    mask_suffix = next((s for s in SUFFIXES if real.name.endswith(MASK_END + s)), None)
+    if mask_suffix is None:
+        return None
+    stem = real.name[: -len(MASK_END + mask_suffix)] + T2_END
+    return next((t2 for s in SUFFIXES if (t2 := real.with_name(stem + s)).is_file()), None)
 
 
 def structure_masks(

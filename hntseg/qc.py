@@ -1,7 +1,8 @@
 """QC pictures: what a physicist looks at before trusting boxes and gradient maps.
 
-One PNG per case; one row per box, on the axial slice through the box (the one with most
-voxels of its label in the first mask, else its centre): the whole
+One PNG per case; one row per box, on the slice through the box (along the image's third
+axis, array axis 0) with most voxels of its label in the first mask, else its centre,
+titled by its plane (`figures.slice_plane`) and index: the whole
 T2 slice with every box that crosses it, a zoom on the box with the masks' outlines, and
 the gradient map in the same zoom. Boxes: red GTVp, blue GTVn. Masks: one colour per mask,
 solid outline GTVp, dashed GTVn.
@@ -18,7 +19,7 @@ import SimpleITK as sitk
 from hntseg.boxes import BoxSet, read_boxes
 from hntseg.cohort import Patient, boxes_path, find_gradmap, gradmap_path
 from hntseg.errors import InputError
-from hntseg.figures import save_png, window
+from hntseg.figures import save_png, slice_plane, window
 from hntseg.io import Grid, check_out_folder, check_same_grid, read_image, read_mask
 
 BOX_COLOURS = {1: "red", 2: "deepskyblue"}
@@ -73,8 +74,8 @@ def mask_names(paths: Sequence[str | Path]) -> dict[str, Path]:
 
 
 def _slice_of(box, mask: np.ndarray | None) -> int:
-    """The axial slice to show for a box: the one with most voxels of the box's label in the
-    first mask (its component, usually), else the box centre."""
+    """The slice (array axis 0) to show for a box: the one with most voxels of the box's
+    label in the first mask (its component, usually), else the box centre."""
     if mask is not None:
         counts = (mask[box.slices] == box.label).sum(axis=(1, 2))
         if counts.max() > 0:
@@ -113,6 +114,7 @@ def qc_case(
     mask_colour = {k: MASK_COLOURS[i % len(MASK_COLOURS)] for i, k in enumerate(masks)}
     sx, sy = grid.spacing[0], grid.spacing[1]
     aspect = sy / sx
+    plane = slice_plane(grid.direction)  # slices run along image axis k, whatever its plane
 
     shown = list(enumerate(boxes.boxes))
     if len(shown) > MAX_ROWS:  # keep the largest boxes, in file order
@@ -159,7 +161,7 @@ def qc_case(
         lo, hi = window(t2a[z])
         ax.imshow(t2a[z], cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
         outlines(ax, z, slice(None), slice(None))
-        ax.set_title(f"no boxes; T2 slice z={z}")
+        ax.set_title(f"no boxes; T2 {plane} slice {z}")
         for a in axes[0, 1:]:
             a.axis("off")
         axes[0, 1].text(0.5, 0.5, "no boxes: gradient map all zero", ha="center", va="center")
@@ -172,7 +174,7 @@ def qc_case(
         ax = axes[row, 0]
         ax.imshow(full, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
         rects(ax, z)
-        ax.set_title(f"box {j} ({name}) - T2 slice z={z}", fontsize=10)
+        ax.set_title(f"box {j} ({name}) - T2 {plane} slice {z}", fontsize=10)
         y0 = max(b.start[1] - ZOOM_PAD, 0)
         y1 = min(b.stop[1] + ZOOM_PAD + 1, grid.shape[1])
         x0 = max(b.start[2] - ZOOM_PAD, 0)
@@ -188,7 +190,7 @@ def qc_case(
         im = ax.imshow(gma[z, ys, xs], cmap="magma", vmin=0, vmax=1, aspect=aspect)
         outlines(ax, z, ys, xs)
         rects(ax, z, y0, x0, only=j)
-        ax.set_title(f"gradient map z={z}", fontsize=10)
+        ax.set_title(f"gradient map, {plane} slice {z}", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     for ax in axes.ravel():
         ax.set_xticks([])

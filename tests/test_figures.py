@@ -153,3 +153,58 @@ def test_case_picture_resamples_a_t2_on_another_grid(tmp_path, monkeypatch):
     png = figures.plot_case(row, None, gt_path, tmp_path / "c.png")
     assert png.read_bytes()[:8] == PNG
     assert False in resampled  # the T2, B-spline onto the ground truth's grid
+
+
+@pytest.mark.parametrize(
+    "mask_suffix, t2_suffix",
+    [(".nrrd", ".nrrd"), (".nii.gz", ".mha"), (".mha", ".nii.gz"), (".nrrd", ".nii")],
+)
+def test_case_picture_finds_the_t2_in_any_cohort_suffix(mask_suffix, t2_suffix, tmp_path):
+    """The T2 under the outlines is looked up among every suffix the cohort layout reads,
+    whatever the mask's own (only .nii.gz, .mha and .nii, and only the mask's suffix, were
+    tried: .nrrd cohorts and mixed-suffix cases were drawn on black)."""
+    from hntseg import figures
+
+    folder = tmp_path / "7" / "midRT"
+    folder.mkdir(parents=True)
+    gt = np.zeros((4, 20, 20), np.uint8)
+    gt[1:3, 5:10, 5:10] = 1
+    gt_path = folder / f"7_midRT_mask{mask_suffix}"
+    t2_path = folder / f"7_midRT_T2{t2_suffix}"
+    sitk.WriteImage(make_image(gt), str(gt_path))
+    t2 = np.random.default_rng(0).random((4, 20, 20)).astype(np.float32)
+    sitk.WriteImage(make_image(t2), str(t2_path))
+    assert figures._t2_beside(gt_path) == t2_path
+    link = tmp_path / f"7{mask_suffix}"  # a flat ground-truth folder linking into the cohort
+    link.symlink_to(gt_path)
+    assert figures._t2_beside(link) == t2_path
+    t2_path.unlink()
+    assert figures._t2_beside(gt_path) is None  # no T2 beside: drawn on black, no error
+
+
+def test_case_picture_draws_the_t2_of_an_nrrd_cohort(tmp_path, monkeypatch):
+    """plot_case reads the .nrrd T2 beside an .nrrd ground truth and draws it underneath."""
+    from hntseg import figures
+
+    gt = np.zeros((4, 20, 20), np.uint8)
+    gt[1:3, 5:10, 5:10] = 1
+    gt_path = tmp_path / "1_midRT_mask.nrrd"
+    sitk.WriteImage(make_image(gt), str(gt_path))
+    t2 = np.random.default_rng(0).random((4, 20, 20)).astype(np.float32) + 1
+    sitk.WriteImage(make_image(t2), str(tmp_path / "1_midRT_T2.nrrd"))
+    figs = []
+    real = figures.save_png
+    monkeypatch.setattr(
+        figures, "save_png", lambda fig, *a, **k: figs.append(fig) or real(fig, *a, **k)
+    )
+    row = {
+        "id": "1",
+        "structure": "GTVp",
+        "dsc": 0.0,
+        "hd95": None,
+        "gt_mm3": 50.0,
+        "pred_mm3": 0.0,
+    }
+    figures.plot_case(row, None, gt_path, tmp_path / "c.png")
+    drawn = figs[0].axes[0].images[0].get_array()
+    assert drawn.max() > 0  # the T2, not the black stand-in

@@ -219,7 +219,7 @@ def test_qc_row_geometry(tmp_path, monkeypatch):
         tmp_path / "a.png",
     )
     full, zoom, gmap = figs[0].axes[:3]
-    assert full.get_title() == "box 0 (GTVp) - T2 slice z=3"
+    assert full.get_title() == "box 0 (GTVp) - T2 axial slice 3"
     assert full.get_aspect() == pytest.approx(2.0)
     rect = [p for p in full.patches if isinstance(p, Rectangle)]
     assert len(rect) == 1
@@ -282,7 +282,7 @@ def test_qc_without_boxes_shows_the_middle_slice_with_outlines(tmp_path, monkeyp
     m = make_image(arr, (0.5, 1.0, 2.0))
     qc.qc_case(t2, empty, gradient_map(t2, empty), {"m": m}, tmp_path / "e.png")
     ax = figs[0].axes[0]
-    assert ax.get_title() == "no boxes; T2 slice z=3"
+    assert ax.get_title() == "no boxes; T2 axial slice 3"
     assert len(ax.collections) > 0  # the outline
 
 

@@ -206,3 +206,42 @@ def test_grid_errors_name_the_file(prepared, tmp_path):
     assert result.exit_code == 1 and str(bad) in "".join(
         ln.strip() for ln in result.output.splitlines()
     ), result.output
+
+
+@pytest.mark.parametrize(
+    "direction, plane",
+    [
+        ((1, 0, 0, 0, 1, 0, 0, 0, 1), "axial"),
+        ((0, 0, 1, 1, 0, 0, 0, 1, 0), "sagittal"),  # image axis k along x
+        ((1, 0, 0, 0, 0, 1, 0, -1, 0), "coronal"),  # image axis k along -y
+    ],
+)
+def test_qc_titles_name_the_slice_plane(direction, plane, tmp_path, monkeypatch):
+    """Titles name the plane of the slices (image axis k) and the slice index: a sagittal
+    acquisition was titled "T2 slice z=N", read as an axial slice."""
+    import hntseg.qc
+
+    figs = []
+    real = hntseg.qc.save_png
+    monkeypatch.setattr(
+        hntseg.qc, "save_png", lambda fig, *a, **k: figs.append(fig) or real(fig, *a, **k)
+    )
+
+    def image(arr):
+        img = make_image(arr)
+        img.SetDirection(direction)
+        return img
+
+    t2 = image(np.random.default_rng(0).random((6, 30, 30)).astype(np.float32))
+    mask_arr = np.zeros((6, 30, 30), np.uint8)
+    mask_arr[2:4, 5:10, 5:10] = 1
+    mask_arr[2, 5:7, 5:10] = 0  # most of the label on slice 3
+    mask = image(mask_arr)
+    boxes = find_boxes(mask, 2)
+    qc_case(t2, boxes, gradient_map(t2, boxes), {"mask": mask}, tmp_path / "a.png")
+    titles = [ax.get_title() for ax in figs[0].axes[:3]]
+    assert titles[0] == f"box 0 (GTVp) - T2 {plane} slice 3"
+    assert titles[2] == f"gradient map, {plane} slice 3"
+    empty = BoxSet([], Grid.of(t2))
+    qc_case(t2, empty, gradient_map(t2, empty), {}, tmp_path / "b.png")
+    assert figs[1].axes[0].get_title() == f"no boxes; T2 {plane} slice 3"

@@ -43,7 +43,8 @@ def add(app: typer.Typer) -> None:
         part_id: int = typer.Option(0, "--part-id", help="Run part I of --num-parts."),
         force: bool = typer.Option(False, "--force", help="Redraw pictures that exist."),
     ) -> None:
-        """Per box: the axial slice with most of its label; boxes, masks, gradient map."""
+        """Per box: the slice (along the third image axis) with most of its label; boxes,
+        masks, gradient map."""
         from hntseg.errors import InputError
 
         if cohort is None:
