@@ -1,13 +1,21 @@
 """Errors that mean "the user's input is wrong": shown as one line, never a traceback."""
 
+import re
+
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message as one line: an ITK exception's description (not its source
-    location), else the last non-empty line, at most 300 characters."""
+    """An exception's message as one line: an ITK exception's description or its ERROR line
+    (not its source location or object address), else the last non-empty line, at most 300
+    characters. An ITK reader's last line may be a stale errno ("Reason: No such file or
+    directory" for a file that is there but cut short), so its ERROR line comes first."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     for ln in lines:
         if ln.lower().startswith("description:"):
-            return ln.split(":", 1)[1].strip()
+            return ln.split(":", 1)[1].strip()[:300]
+    for ln in lines:
+        found = re.search(r"ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.+)", ln)
+        if found:
+            return found.group(1)[:300]
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 

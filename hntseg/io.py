@@ -21,10 +21,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.errors import InputError
+from hntseg.errors import InputError, one_line
 
 LABELS = (0, 1, 2)  # background, GTVp, GTVn
 LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
+# two grids are one when spacing and direction agree within this, the origin within this
+# times the largest spacing (format round trips, float32 NIfTI headers)
+GRID_TOL_MM = 1e-4
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 # what hntseg writes: single files (a .mhd header names a second data file, which an
 # atomic rename of the header alone would leave under its temporary name)
@@ -208,8 +211,7 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-            raise InputError(f"{path}: cannot write the image ({first})") from None
+            raise InputError(f"{path}: cannot write the image ({one_line(exc)})") from None
     return Path(path)
 
 
@@ -223,8 +225,7 @@ def read_image(path: str | Path, what: str = "image") -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputError(f"{path}: cannot read {what} ({first})") from None
+        raise InputError(f"{path}: cannot read {what} ({one_line(exc)})") from None
     validate_image(image, path, what)
     problem = _nifti_problem(path)
     if problem:
@@ -432,7 +433,7 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
-    def mismatch(self, other: Grid, tol: float = 1e-4) -> str | None:
+    def mismatch(self, other: Grid, tol: float = GRID_TOL_MM) -> str | None:
         """Describe how `other` differs from this grid, or None if they match."""
         if self.size != other.size:
             return f"size {other.size} != {self.size}"
@@ -445,9 +446,11 @@ class Grid:
         )
         for name, a, b, t in checks:
             if not np.allclose(a, b, rtol=0.0, atol=t):
-                fmt = ", ".join(f"{v:.4g}" for v in b)
-                ref = ", ".join(f"{v:.4g}" for v in a)
-                hint = ""
+                # enough digits to show a small offset, and the offset itself
+                fmt = ", ".join(f"{v:.6g}" for v in b)
+                ref = ", ".join(f"{v:.6g}" for v in a)
+                off = float(np.max(np.abs(np.subtract(a, b))))
+                hint = f"; differs by up to {off:.3g}{'' if name == 'direction' else ' mm'}"
                 if name == "direction" and np.allclose(np.abs(a), np.abs(b), atol=t):
                     hint = " (axes flipped: reorient or resample it onto the reference)"
                 return f"{name} ({fmt}) != ({ref}){hint}"
@@ -459,7 +462,7 @@ def check_same_grid(
     other: sitk.Image | Grid,
     other_path: str | Path,
     reference_path: str | Path | None = None,
-    tol: float = 1e-4,
+    tol: float = GRID_TOL_MM,
 ) -> None:
     """Raise an InputError naming `other_path` if it is not on the reference grid."""
     ref = reference if isinstance(reference, Grid) else Grid.of(reference)

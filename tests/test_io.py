@@ -276,3 +276,26 @@ def test_valid_gzip_variants_are_read(tmp_path):
     for name, data in variants.items():
         (tmp_path / name).write_bytes(data)
         assert np.array_equal(array(read_mask(tmp_path / name)), arr), name
+
+
+def test_grid_mismatch_shows_a_small_offset():
+    """A 0.001 mm origin offset must be visible in the message, not two equal-looking
+    rounded triples."""
+    a = Grid((8, 8, 4), (0.5, 0.5, 2.0), (-120.3, -95.7, -40.1), tuple(np.eye(3).ravel()))
+    b = Grid((8, 8, 4), (0.5, 0.5, 2.0), (-120.301, -95.7, -40.1), tuple(np.eye(3).ravel()))
+    message = a.mismatch(b, tol=1e-5)
+    assert "-120.301" in message and "differs by up to 0.001 mm" in message
+
+
+def test_a_truncated_mha_is_not_reported_as_missing(tmp_path):
+    """ITK's last line for a cut-short .mha is a stale 'No such file or directory'."""
+    image = sitk.GetImageFromArray(np.ones((6, 32, 32), np.float32))
+    whole = tmp_path / "whole.mha"
+    sitk.WriteImage(image, str(whole))
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(InputError) as info:
+        read_image(cut, "T2 image")
+    message = str(info.value)
+    assert "No such file" not in message and "cannot be read" in message
+    assert message.startswith(f"{cut}: cannot read T2 image")
