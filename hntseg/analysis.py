@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hntseg.errors import InputError
-from hntseg.evaluate import find_masks, score
+from hntseg.evaluate import find_masks, match_cases, score
 from hntseg.figures import save_png
 from hntseg.io import LABEL_NAMES, nan_to_null, read_mask, write_json, write_text
 
@@ -61,13 +61,18 @@ def compare(
     out: str | Path | None = None,
     names: tuple[str, str] = ("A", "B"),
     allow_missing: bool = False,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Paired per-case DSC of two prediction sets against the same ground truth, with a
-    Wilcoxon signed-rank p-value per structure. With `out`: compare.csv, compare.json and
-    compare.png (violins as the paper's Figure 2)."""
-    rows_a, _ = score(a_dir, gt_dir, ("dsc",), allow_missing=allow_missing)
-    rows_b, _ = score(b_dir, gt_dir, ("dsc",), allow_missing=allow_missing)
-    result: dict[str, Any] = {"names": list(names), "structures": {}}
+    Wilcoxon signed-rank p-value per structure; `ids` limits it to those ground-truth
+    patients (None: all). With `out`: compare.csv, compare.json and compare.png (violins
+    as the paper's Figure 2)."""
+    cases_a = match_cases(a_dir, gt_dir, allow_missing, ids)
+    cases_b = match_cases(b_dir, gt_dir, allow_missing, ids)
+    rows_a, _ = score(a_dir, gt_dir, ("dsc",), allow_missing=allow_missing, cases=cases_a)
+    rows_b, _ = score(b_dir, gt_dir, ("dsc",), allow_missing=allow_missing, cases=cases_b)
+    selected = None if ids is None else [c[0] for c in cases_a]
+    result: dict[str, Any] = {"names": list(names), "ids": selected, "structures": {}}
     table = ["id,structure," + ",".join(f"dsc_{n}" for n in names)]
     for name in LABEL_NAMES.values():
         da, db = _nonempty_dsc(rows_a, name), _nonempty_dsc(rows_b, name)
@@ -145,15 +150,19 @@ def volume_change(
     out: str | Path | None = None,
     bins: Sequence[float] = (5.0, 20.0),
     allow_missing: bool = False,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Spearman correlation of tumour volume change (pre-RT minus mid-RT, mL) with DSC per
     structure, over all cases with the structure in the mid-RT ground truth and within
-    bins of mid-RT volume (edges in mL). With `out`: volume_change.csv / .json / .png."""
+    bins of mid-RT volume (edges in mL); `ids` limits it to those ground-truth patients
+    (None: all). With `out`: volume_change.csv / .json / .png."""
     edges = [0.0, *sorted(float(b) for b in bins), math.inf]
     if any(not (0 < e < math.inf) for e in edges[1:-1]):  # NaN fails too
         raise InputError(f"--bins {list(bins)}: edges must be positive mL")
-    rows, _ = score(pred_dir, gt_dir, ("dsc",), allow_missing=allow_missing)
+    cases = match_cases(pred_dir, gt_dir, allow_missing, ids)
+    rows, _ = score(pred_dir, gt_dir, ("dsc",), allow_missing=allow_missing, cases=cases)
     pres = find_masks(pre_dir, "pre-RT mask")
+    selected = None if ids is None else [c[0] for c in cases]
     ids = list(dict.fromkeys(r["id"] for r in rows))
     lacking = [i for i in ids if i not in pres]
     if lacking:
@@ -163,7 +172,7 @@ def volume_change(
         )
     pre_vol = {i: structure_volumes_ml(pres[i]) for i in ids}
     labels = [f"[{lo:g}, {hi:g}) mL" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    result: dict[str, Any] = {"bins_ml": edges[1:-1], "structures": {}}
+    result: dict[str, Any] = {"bins_ml": edges[1:-1], "ids": selected, "structures": {}}
     table = ["id,structure,pre_ml,mid_ml,change_ml,dsc,bin"]
     for name in LABEL_NAMES.values():
         sel = [r for r in rows if r["structure"] == name and r["gt_mm3"] > 0]

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 
 from hntseg.errors import InputError
 from hntseg.io import (
+    GRID_TOL_MM,
     IMAGE_SUFFIXES,
     LABEL_NAMES,
     Grid,
@@ -124,15 +125,28 @@ def find_masks(folder: str | Path, role: str = "prediction") -> dict[str, Path]:
 
 
 def match_cases(
-    pred_dir: str | Path, gt_dir: str | Path, allow_missing: bool = False
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    allow_missing: bool = False,
+    ids: Sequence[str] | None = None,
 ) -> list[tuple[str, Path | None, Path]]:
-    """(id, prediction or None, ground truth) for every ground-truth case.
+    """(id, prediction or None, ground truth) for every ground-truth case, or for those in
+    `ids` (one fold's validation patients: a prediction folder holding only them is then
+    scored on them alone; an id without a ground truth is an InputError).
 
     A ground truth without a prediction is an InputError unless `allow_missing`, in which
     case it is scored as an empty prediction (as the challenge does)."""
     gts = find_masks(gt_dir, "ground truth")
     preds = find_masks(pred_dir, "prediction")
     extra = [pid for pid in preds if pid not in gts]
+    if ids is not None:
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        if not wanted:
+            raise InputError("--ids: no ids given (leave it out to score every case)")
+        unknown = [i for i in wanted if i not in gts]
+        if unknown:
+            raise InputError(f"--ids {','.join(unknown)}: no ground-truth case in {gt_dir}")
+        gts = {pid: path for pid, path in gts.items() if pid in set(wanted)}
     if preds and len(extra) == len(preds):  # not one match: a naming mistake, not 0 Dice
         raise InputError(
             f"{pred_dir}: none of its {len(preds)} prediction(s) ({', '.join(extra[:3])}"
@@ -174,7 +188,14 @@ def _geometry_problem(pred: Grid, gt: Grid) -> tuple[bool, str | None]:
     if not np.allclose(gt.spacing, pred.spacing, atol=GEOMETRY_ATOL):
         fmt = ", ".join(f"{v:.6g}" for v in pred.spacing)
         ref = ", ".join(f"{v:.6g}" for v in gt.spacing)
-        return False, f"spacing ({fmt}) mm differs from the ground truth's ({ref})"
+        off = float(np.max(np.abs(np.subtract(pred.spacing, gt.spacing))))
+        hint = ""
+        if off <= GRID_TOL_MM:  # one grid to every other stage: the two inputs disagree
+            hint = (
+                f"; by {off:.2g} mm, which hntseg's other stages accept as one grid: is the "
+                "ground truth on its own mid-RT T2's grid (predictions are written on the T2's)?"
+            )
+        return False, f"spacing ({fmt}) mm differs from the ground truth's ({ref}){hint}"
     resample = (
         pred.size != gt.size
         or not np.allclose(pred.direction, gt.direction, atol=GEOMETRY_ATOL)

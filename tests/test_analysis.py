@@ -117,3 +117,74 @@ def test_cli_compare_and_volume_on_a_cohort(tiny_cohort, sets, tmp_path):
     assert result.exit_code == 2 and "--bins" in result.output
     result = runner.invoke(app, ["evaluate-volume", c, c, c, "--bins", "nan"])
     assert result.exit_code == 2 and "--bins" in result.output
+
+
+def _subset(sets, root, ids):
+    """Copies of A's and B's predictions (and the pre-RT masks) of only `ids`, as one
+    fold's validation predictions are: folders that hold part of the cohort."""
+    for name, pattern in (("A", "{}.nii.gz"), ("B", "{}.mha"), ("pre", "{}_preRT_mask.nii.gz")):
+        (root / name).mkdir(parents=True)
+        for i in ids:
+            src = sets / name / pattern.format(i)
+            (root / name / src.name).write_bytes(src.read_bytes())
+    return root / "A", root / "B", root / "pre"
+
+
+def test_cli_compare_ids_scores_only_those_patients(sets, tmp_path):
+    a, b, _ = _subset(sets, tmp_path / "sub", ["2", "4", "5"])
+    gt, out = str(sets / "gt"), tmp_path / "cmp"
+    base = ["evaluate-compare", str(a), str(b), gt]
+    result = runner.invoke(app, base)  # without --ids: every ground-truth patient
+    assert result.exit_code == 2 and "no prediction for patient 1" in result.output
+    result = runner.invoke(app, [*base, "--ids", "5,2", "--ids", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["ids"] == ["2", "4", "5"]  # recorded, in ground-truth order
+    p = saved["structures"]["GTVp"]
+    assert p["ids"] == ["2", "4", "5"] and p["n"] == 3
+    assert p["wilcoxon_p"] == pytest.approx(2 / 2**3)  # 3 pairs, not padded with empties
+    assert saved["structures"]["GTVn"]["ids"] == ["2"]  # GTVn only in patients 1-3
+    assert len((out / "compare.csv").read_text().splitlines()) == 1 + 3 + 1
+
+
+def test_cli_compare_ids_errors(sets, tmp_path):
+    a, b, _ = _subset(sets, tmp_path / "sub", ["2", "4"])
+    base = ["evaluate-compare", str(a), str(b), str(sets / "gt")]
+    result = runner.invoke(app, [*base, "--ids", "2,99,x"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--ids 99,x: no ground-truth case" in lines[0], result.output
+    # a selected patient without a prediction: an error, or empty with --allow-missing
+    result = runner.invoke(app, [*base, "--ids", "2,3"])
+    assert result.exit_code == 2 and "no prediction for patient 3" in result.output
+    result = runner.invoke(app, [*base, "--ids", "2,3", "--allow-missing"])
+    assert result.exit_code == 0, result.output
+    res = compare(a, b, sets / "gt", ids=["3", "2"], allow_missing=True)
+    assert res["ids"] == ["2", "3"] and res["structures"]["GTVp"]["dsc"]["B"] == [1.0, 0.0]
+    assert compare(sets / "A", sets / "B", sets / "gt")["ids"] is None  # all: recorded null
+
+
+def test_volume_change_ids(sets, tmp_path):
+    a, _, pre = _subset(sets, tmp_path / "sub", ["1", "3", "6"])
+    with pytest.raises(InputError, match="no prediction for patient 2"):
+        volume_change(a, sets / "gt", pre)
+    res = volume_change(a, sets / "gt", pre, tmp_path / "vol", bins=(1.0,), ids=["6", "1", "3"])
+    assert res["ids"] == ["1", "3", "6"] and res["structures"]["GTVp"]["n"] == 3
+    assert res["structures"]["GTVp"]["rho"] == pytest.approx(-1.0)
+    assert json.loads((tmp_path / "vol" / "volume_change.json").read_text())["ids"] == res["ids"]
+    with pytest.raises(InputError, match="--ids 7: no ground-truth case"):
+        volume_change(a, sets / "gt", pre, ids=["1", "7"])
+    with pytest.raises(InputError, match="--ids: no ids given"):
+        volume_change(a, sets / "gt", pre, ids=[])
+    assert volume_change(sets / "A", sets / "gt", sets / "pre")["ids"] is None  # all: null
+
+
+def test_cli_volume_ids_on_a_cohort(tiny_cohort, tmp_path):
+    c, out = str(tiny_cohort), tmp_path / "vol"
+    result = runner.invoke(app, ["evaluate-volume", c, c, c, "-o", str(out), "--ids", "2,4"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "volume_change.json").read_text())
+    assert saved["ids"] == ["2", "4"]
+    assert {pt["id"] for s in saved["structures"].values() for pt in s["points"]} <= {"2", "4"}
+    result = runner.invoke(app, ["evaluate-volume", c, c, c, "--ids", "5"])
+    assert result.exit_code == 2 and "--ids 5: no ground-truth case" in result.output

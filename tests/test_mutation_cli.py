@@ -445,7 +445,7 @@ def test_evaluate_compare_and_volume_options(monkeypatch, tmp_path):
     a, b, g, o = (tmp_path / n for n in "abgo")
     call(
         ["evaluate-compare", str(a), str(b), str(g), "-o", str(o), "--names", "base, grad"]
-        + ["--allow-missing"],
+        + ["--allow-missing", "--ids", "3,1", "--ids", "7"],
         code=3,
     )
     call(["evaluate-compare", str(a), str(b), str(g)], code=3)
@@ -456,11 +456,13 @@ def test_evaluate_compare_and_volume_options(monkeypatch, tmp_path):
         "out": o,
         "names": ("base", "grad"),
         "allow_missing": True,
+        "ids": ["3", "1", "7"],
     }
     assert cmp[1]["names"] == ("A", "B") and cmp[1]["allow_missing"] is False
+    assert cmp[1]["ids"] is None
     call(
         ["evaluate-volume", str(a), str(g), str(b), "-o", str(o), "--bins", "2,10,30"]
-        + ["--allow-missing"],
+        + ["--allow-missing", "--ids", "2 5"],
         code=3,
     )
     call(["evaluate-volume", str(a), str(g), str(b)], code=3)
@@ -471,8 +473,9 @@ def test_evaluate_compare_and_volume_options(monkeypatch, tmp_path):
         "out": o,
         "bins": [2.0, 10.0, 30.0],
         "allow_missing": True,
+        "ids": ["2", "5"],
     }
-    assert vol[1]["bins"] == [5.0, 20.0] and vol[1]["out"] is None
+    assert vol[1]["bins"] == [5.0, 20.0] and vol[1]["out"] is None and vol[1]["ids"] is None
 
 
 # --- run / demo / config ----------------------------------------------------------------

@@ -9,9 +9,12 @@ from typing import Any
 
 import typer
 
+from hntseg.commands import split_ids
+
 _PRED = "Predicted masks: a folder of <id>.nii.gz / <id>.mha / <id>_midRT_mask.nii.gz / "
 _PRED += "<id>_preRT_mask_registered.nii.gz, or a cohort (its registered pre-RT masks)."
 _GT = "Ground-truth mid-RT masks: a flat folder, or a cohort (<id>/midRT/<id>_midRT_mask)."
+_IDS = "Only these ground-truth patients (e.g. one fold's validation ids: --ids 3,17,25)."
 
 
 def _metrics(values: list[str] | None) -> list[str]:
@@ -120,6 +123,7 @@ def add(app: typer.Typer) -> None:
         allow_missing: bool = typer.Option(
             False, "--allow-missing", help="Score a missing prediction as empty."
         ),
+        ids: list[str] | None = typer.Option(None, "--ids", help=_IDS),
     ) -> None:
         """Paired per-case DSC of two prediction sets, Wilcoxon signed-rank p per structure."""
         from rich.console import Console
@@ -131,7 +135,9 @@ def add(app: typer.Typer) -> None:
         pair = [n.strip() for n in names.split(",")]
         if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
             raise InputError(f"--names {names!r}: expected two different labels, e.g. base,grad")
-        result = compare(a_dir, b_dir, gt_dir, out, (pair[0], pair[1]), allow_missing)
+        result = compare(
+            a_dir, b_dir, gt_dir, out, (pair[0], pair[1]), allow_missing, ids=split_ids(ids)
+        )
         table = Table(title="paired DSC (cases with the structure in the ground truth)")
         for col in ("structure", "n", f"mean {pair[0]}", f"mean {pair[1]}", "Wilcoxon p"):
             table.add_column(col, justify="right")
@@ -159,6 +165,7 @@ def add(app: typer.Typer) -> None:
         allow_missing: bool = typer.Option(
             False, "--allow-missing", help="Score a missing prediction as empty."
         ),
+        ids: list[str] | None = typer.Option(None, "--ids", help=_IDS),
     ) -> None:
         """Spearman correlation of volume change (pre-RT - mid-RT) with DSC, per volume bin."""
         from rich.console import Console
@@ -171,7 +178,9 @@ def add(app: typer.Typer) -> None:
             edges = [float(b) for b in bins.split(",") if b.strip()]
         except ValueError:
             raise InputError(f"--bins {bins!r}: expected mL edges, e.g. 5,20") from None
-        result = volume_change(pred_dir, gt_dir, pre_dir, out, edges, allow_missing)
+        result = volume_change(
+            pred_dir, gt_dir, pre_dir, out, edges, allow_missing, ids=split_ids(ids)
+        )
         table = Table(title="Spearman: volume change (pre - mid, mL) vs DSC")
         for col in ("structure", "mid-RT volume", "n", "rho", "p"):
             table.add_column(col, justify="right")
