@@ -190,11 +190,37 @@ def decide(
     if missing:
         reason = f"outputs incomplete: {len(missing)} missing, e.g. {missing[0]}"
         return Decision(stage.name, "run", reason), inputs, options
+    rewritten = _rewritten(state.get("output_stats"), outputs)
+    if rewritten:
+        # by another config's run, a job array's part, or by hand: the state no longer
+        # vouches for them (the stage's per-case records then say what to redo)
+        reason = f"outputs rewritten since its last run: {len(rewritten)}, e.g. {rewritten[0]}"
+        return Decision(stage.name, "run", reason), inputs, options
     return (
         Decision(stage.name, "skip", "done: same inputs and options, outputs complete"),
         inputs,
         options,
     )
+
+
+def _output_stats(outputs: Sequence[str | Path]) -> dict[str, list[int]]:
+    """Inode, size and modification time of each output file: which files a run left."""
+    stats = {}
+    for p in outputs:
+        path = Path(p)
+        if path.is_file():
+            st = path.stat()
+            stats[str(path)] = [st.st_ino, st.st_size, st.st_mtime_ns]
+    return stats
+
+
+def _rewritten(recorded: Any, outputs: Sequence[str | Path]) -> list[str]:
+    """The outputs that are no longer the files the stage's last run left (none when the
+    state predates this record)."""
+    if not isinstance(recorded, dict):
+        return []
+    now = _output_stats([p for p in outputs if str(p) in recorded])
+    return [p for p, stat in now.items() if recorded[p] != stat]
 
 
 def _part_has_patients(ctx: Context, stage: Stage) -> bool:
@@ -463,6 +489,7 @@ def _run_stages(
                 "inputs": inputs,
                 "options": options,
                 "outputs": outputs,
+                "output_stats": _output_stats(outputs),
                 "finished": _now(),
                 "duration_s": round(duration, 3),
                 "hntseg": versions()["hntseg"],

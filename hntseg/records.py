@@ -46,11 +46,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def file_digest(path: str | Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006
-    """SHA-256 of a file's bytes (cached on path, size and mtime within a process)."""
+def file_digest(path: str | Path, _cache: dict[tuple[str, ...], str] = {}) -> str:  # noqa: B006
+    """SHA-256 of a file's bytes (cached within a process on path and `stat_key`)."""
     path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), *map(str, stat_key(path)))
     if key not in _cache:
         h = hashlib.sha256()
         with path.open("rb") as fh:
@@ -80,10 +79,12 @@ def fingerprint(
 
 
 def stat_key(path: str | Path) -> list[int]:
-    """Device, inode, size and modification time (ns): the same file, unchanged, when all
-    four match (as make and git judge it; a copy or rewrite gets another inode or time)."""
+    """Device, inode, size, modification and change times (ns): the same file, unchanged,
+    when all match (a copy or rewrite gets another inode or time; the change time also
+    catches an in-place rewrite whose modification time was set back, as `touch -r` or
+    `rsync --inplace -t` do; a hard link or chmod changes it too, costing one re-read)."""
     st = Path(path).stat()
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _unchanged_digests(

@@ -41,7 +41,9 @@ def _synth_stage() -> Stage:
 
         s = ctx.config["synth"]
         spacing = tuple(s["spacing"]) if s["spacing"] else None
-        synth_cohort(ctx.cohort, s["patients"], ctx.seed, tuple(s["size"]), spacing)
+        synth_cohort(
+            ctx.cohort, s["patients"], ctx.seed, tuple(s["size"]), spacing, force=ctx.force
+        )
 
     def outputs(ctx: Context) -> list[Path]:
         from hntseg.cohort import FILES, expected_path
@@ -245,6 +247,10 @@ def _qc_stage() -> Stage:
             **_gradmap_files(ctx, ids),
             **_registered_masks(ctx, ids),
             **_files(ctx.cohort, ids, "midRT_mask", "midRT_mask"),
+            # what the pictures show under the boxes and outlines
+            **_files(ctx.cohort, ids, "midRT_T2", "midRT_T2"),
+            **_files(ctx.cohort, ids, "preRT_T2", "preRT_T2"),
+            **_files(ctx.cohort, ids, "preRT_mask", "preRT_mask"),
         }
 
     def outputs(ctx: Context) -> list[Path]:
@@ -259,9 +265,9 @@ def _qc_stage() -> Stage:
         run,
         inputs,
         outputs,
-        options=lambda ctx: {"phases": ctx.config["qc"]["phases"], "ids": ctx.ids()},
+        options=lambda ctx: {**ctx.config["qc"], "ids": ctx.ids()},
         per_case=True,
-        after=("synth", "register", "gradmap"),
+        after=("synth", "register", "boxes", "gradmap"),
         skip_reason=lambda ctx: None if ctx.config["qc"]["enabled"] else "qc.enabled is false",
     )
 
@@ -580,6 +586,7 @@ def _predict_stage() -> Stage:
             margin=p["margin"],
             device=ctx.device or ctx.config["device"],
             ids=_predict_ids(ctx),
+            force=ctx.force,
         )
 
     def inputs(ctx: Context) -> dict[str, Path]:
@@ -631,7 +638,9 @@ def _evaluate_stage() -> Stage:
             ids = _predict_ids(ctx, whole=True)
             gt = _link_all(out / "_gt", find_masks(gt, "ground truth"), ids)
             pred = _link_all(out / "_pred", find_masks(pred, "prediction"), ids)
-        summary = evaluate(pred_dir=pred, gt_dir=gt, out=out, hd95=e["hd95"], figures=e["figures"])
+        summary = evaluate(
+            pred_dir=pred, gt_dir=gt, out=out, hd95=e["hd95"], figures=e["figures"], force=ctx.force
+        )
         if isinstance(summary, dict) and "dscagg" in summary:
             return {"dscagg": summary["dscagg"]}
         return None

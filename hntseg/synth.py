@@ -17,7 +17,9 @@ change when others are added. Same seed -> identical bytes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -463,10 +465,13 @@ def synth_cohort(
     }
     summary_path = out / "synth.json"
     previous: dict[str, dict] = {}
-    if summary_path.is_file() and not force:
+    drawn_before: list[str] = []  # every patient the last run listed, whatever its params
+    if summary_path.is_file():
         old = read_json(summary_path, "synth summary")
-        if old.get("params") == params:
-            previous = {p["id"]: p for p in old.get("patients", [])}
+        listed = old.get("patients", []) if isinstance(old, dict) else []
+        drawn_before = [str(p["id"]) for p in listed if isinstance(p, dict) and "id" in p]
+        if old.get("params") == params and not force:
+            previous = {p["id"]: p for p in listed}
 
     def summary(truths: list[dict], complete: bool) -> None:
         write_json(
@@ -494,5 +499,19 @@ def synth_cohort(
         log.debug("synth patient %s", pid)
         truths.append(synth_patient(out, pid, seed, size, spacing))
         summary(truths, False)
+    _remove_patients(out, [p for p in drawn_before if p not in {t["id"] for t in truths}])
     summary(truths, True)
     return truths
+
+
+def _remove_patients(out: Path, pids: Sequence[str]) -> None:
+    """Remove the files of phantoms an earlier run drew that this one does not (fewer
+    patients): left there, every later stage would take them for patients of this cohort.
+    Only the files synth writes go; a folder is removed only when that leaves it empty."""
+    for pid in pids:
+        for key in FILES:
+            expected_path(out, pid, key).unlink(missing_ok=True)
+        for folder in (out / pid / "midRT", out / pid / "preRT", out / pid):
+            with contextlib.suppress(OSError):  # not empty: the user's files stay
+                folder.rmdir()
+        log.info("synth: removed phantom %s (the cohort now has fewer patients)", pid)
