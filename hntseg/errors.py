@@ -9,6 +9,8 @@ def one_line(exc: BaseException) -> str:
     characters. An ITK reader's last line may be a stale errno ("Reason: No such file or
     directory" for a file that is there but cut short), so its ERROR line comes first."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if isinstance(exc, KeyboardInterrupt) and not lines:  # as the console says it
+        return f"stopped by {'SIGTERM' if isinstance(exc, Terminated) else 'Ctrl-C'}"
     for ln in lines:
         if ln.lower().startswith("description:"):
             return ln.split(":", 1)[1].strip()[:300]

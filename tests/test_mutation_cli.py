@@ -591,6 +591,14 @@ def test_one_line():
     assert one_line(RuntimeError("")) == "RuntimeError"
     assert one_line(ValueError("x" * 400)) == "x" * 300
     assert one_line(ValueError("Description of the case: fine")) == "Description of the case: fine"
+    # a stopped run, in run.json as on the console
+    from hntseg.errors import Terminated
+
+    assert one_line(KeyboardInterrupt()) == "stopped by Ctrl-C"
+    assert one_line(Terminated()) == "stopped by SIGTERM"
+    # ITK's ERROR line, not its stale errno line
+    itk = "at x.cxx:490:\nITK ERROR: MetaImageIO(0x5579e0): File cannot be read\nReason: No such"
+    assert one_line(RuntimeError(itk)) == "File cannot be read"
 
 
 def test_split_ids_and_phases():
