@@ -68,6 +68,7 @@ from hntseg.nnunet import (
     Paths,
     dataset_channels,
     dataset_name,
+    id_folders,
     parse_channels,
 )
 from hntseg.records import case_seed, is_done, write_record
@@ -311,7 +312,9 @@ def _write_case(case: Case, channels: Sequence[str], raw: Path, margin, seed: in
         else:
             mask = read_mask(src.mask, "mask for the gradient-map boxes")
             check_same_grid(t2, mask, src.mask, case.t2)
-            boxset = find_boxes(mask, margin, seed=case_seed(seed, case.name, "boxes"))
+            boxset = find_boxes(
+                mask, margin, seed=case_seed(seed, case.name, "boxes"), source=str(src.mask)
+            )
         write_image(gradient_map(t2, boxset), dst)
 
 
@@ -329,6 +332,37 @@ def existing_channels(raw_dataset: Path) -> list[str] | None:
     """The hntseg channel list of an existing raw dataset (None if it has no dataset.json)."""
     path = raw_dataset / "dataset.json"
     return dataset_channels(path) if path.is_file() else None
+
+
+def check_dataset_id(work: Path, dataset_id: int, ds: str, chans: Sequence[str]) -> None:
+    """Refuse an id that nnU-Net would find under another name, or a dataset of this name
+    built, preprocessed or trained with other channels (one-line InputError, `--force` or
+    not).
+
+    nnU-Net looks an id up in nnUNet_raw, nnUNet_preprocessed and nnUNet_results alike: a
+    second name in any of them makes each later call by id fail. nnU-Net copies dataset.json
+    into the preprocessed folder and into each trained model's folder, so those say which
+    channels they were made with; a model of other channels would otherwise be taken by
+    `train` as this dataset's finished fold."""
+    for other in id_folders(work, dataset_id):
+        if other.name != ds:
+            raise InputError(
+                f"{other}: dataset id {dataset_id} is already used by {other.name}; "
+                "remove that folder or choose another --dataset-id"
+            )
+    paths = Paths(work)
+    made = [
+        (paths.raw / ds / "dataset.json", "exists"),
+        (paths.preprocessed / ds / "dataset.json", "was preprocessed"),
+        *((p, "has a model trained") for p in sorted((paths.results / ds).glob("*/dataset.json"))),
+    ]
+    for path, what in made:
+        have = dataset_channels(path) if path.is_file() else None
+        if have is not None and have != list(chans):
+            raise InputError(
+                f"{path}: dataset {ds} {what} with channels {','.join(have)}, not "
+                f"{','.join(chans)}; remove {path.parent} or choose another --dataset-id"
+            )
 
 
 def build_dataset(
@@ -361,19 +395,7 @@ def build_dataset(
     check_out_folder(work, "--work")
     paths = Paths(Path(work))
     raw, pre = paths.raw / ds, paths.preprocessed / ds
-    if paths.raw.is_dir():
-        for other in paths.raw.glob(f"Dataset{int(dataset_id):03d}_*"):
-            if other.name != ds:
-                raise InputError(
-                    f"{other}: dataset id {dataset_id} is already used by {other.name}; "
-                    "choose another --dataset-id"
-                )
-    have = existing_channels(raw)
-    if have is not None and have != list(chans):
-        raise InputError(
-            f"{raw / 'dataset.json'}: dataset {dataset_id} exists with channels "
-            f"{','.join(have)}, not {','.join(chans)}; choose another --dataset-id"
-        )
+    check_dataset_id(Path(work), dataset_id, ds, chans)
     if "pre_mask_registered" in chans and pre_rt:
         log.warning(
             "pre-RT cases get their own pre-RT mask as the registered-mask channel (equal to "
@@ -422,7 +444,10 @@ def build_dataset(
 
     for c in progress(cases, f"build-dataset {ds}: check inputs"):
         check_case(c, chans)  # bad input leaves the dataset as it was
-    record.unlink(missing_ok=True)  # a rebuild stopped half-way must not count as done
+    # a rebuild stopped half-way must not count as done (build-dataset) nor be trained on
+    # (`train` refuses hntseg's dataset.json without the record, and no dataset.json at all)
+    record.unlink(missing_ok=True)
+    dataset_json.unlink(missing_ok=True)
     for c in progress(cases, f"build-dataset {ds}"):
         _write_case(c, chans, raw, margin, seed)
     expected = {str(f.relative_to(raw)) for f in files}
@@ -449,8 +474,9 @@ def build_dataset(
         },
     )
     write_json(splits_json, splits)
+    # the record's splits in patient ids, train and val alike (splits_final.json: case names)
     by_patient = [
-        {"train": sorted({c.rsplit("_", 1)[0] for c in s["train"]}), "val": s["val"]}
+        {k: sorted({c.rsplit("_", 1)[0] for c in s[k]}, key=sort_key) for k in ("train", "val")}
         for s in splits
     ]
     write_record(

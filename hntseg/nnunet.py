@@ -153,8 +153,25 @@ class Paths:
         return self.work / "nnUNet_results"
 
 
+def id_folders(work: str | Path, dataset_id: int) -> list[Path]:
+    """Every `DatasetNNN_*` folder of this id in nnUNet_raw, nnUNet_preprocessed and
+    nnUNet_results: nnU-Net looks an id up in all three (`find_candidate_datasets`), and
+    two names for one id make each of its calls by id fail."""
+    paths = Paths(Path(work))
+    prefix = f"Dataset{int(dataset_id):03d}_"
+    return [
+        p
+        for root in (paths.raw, paths.preprocessed, paths.results)
+        if root.is_dir()
+        for p in sorted(root.glob(prefix + "*"))
+        if p.is_dir()
+    ]
+
+
 def find_dataset(work: str | Path, dataset_id: int, what: str = "dataset") -> str:
-    """The existing DatasetNNN_* name under WORK/nnUNet_raw (InputError if none or several)."""
+    """The existing DatasetNNN_* name under WORK/nnUNet_raw (InputError if none, or if
+    several names have this id in nnUNet_raw, nnUNet_preprocessed or nnUNet_results:
+    nnU-Net would stop on that with a traceback, much later)."""
     if not 1 <= int(dataset_id) <= 999:
         raise InputError(f"--dataset-id {dataset_id}: must be 1..999 (nnU-Net's three digits)")
     raw = Paths(Path(work)).raw
@@ -166,6 +183,12 @@ def find_dataset(work: str | Path, dataset_id: int, what: str = "dataset") -> st
         )
     if len(found) > 1:
         raise InputError(f"{raw}: several datasets with id {dataset_id}: {', '.join(found)}")
+    others = [p for p in id_folders(work, dataset_id) if p.name != found[0]]
+    if others:
+        raise InputError(
+            f"{others[0]}: several datasets with id {dataset_id}: {found[0]} and "
+            f"{others[0].name}; remove the folders of the one you do not want"
+        )
     return found[0]
 
 

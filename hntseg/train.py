@@ -31,6 +31,7 @@ from hntseg.nnunet import (
     PLANS,
     PREPROCESS_RECORD,
     SHORT_TRAINER,
+    Paths,
     check_device,
     check_workers,
     describe_device,
@@ -63,6 +64,26 @@ def check_plan_options(
     check_workers(workers)
 
 
+def check_built(raw: Path) -> None:
+    """Refuse a raw dataset that a build-dataset run left unfinished (one-line InputError).
+
+    build-dataset removes its record and dataset.json before it rewrites the first case
+    file, and writes them last: hntseg's dataset.json (its `hntseg` block) without the
+    record, or no dataset.json, means the case files may mix two builds. A dataset.json
+    without that block (a dataset made by hand or by another tool) is trained on as it is.
+    """
+    path = raw / "dataset.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing (run hntseg build-dataset)")
+    data = read_json(path, "dataset.json")
+    ours = isinstance(data, dict) and isinstance(data.get("hntseg"), dict)
+    if ours and not (raw / DATASET_RECORD).is_file():
+        raise InputError(
+            f"{raw / DATASET_RECORD}: missing beside hntseg's dataset.json: a build-dataset "
+            "run did not finish (the case files may mix two builds); rerun hntseg build-dataset"
+        )
+
+
 @restores_process_state
 def plan_and_preprocess(
     work: str | Path,
@@ -86,6 +107,7 @@ def plan_and_preprocess(
         }
     check_plan_options(gpu_memory_target, configuration, workers)
     name = find_dataset(work, dataset_id)  # before any folder is created
+    check_built(Paths(Path(work)).raw / name)
     paths = set_environment(work, workers)
     raw, pre = paths.raw / name, paths.preprocessed / name
     if not (pre / "splits_final.json").is_file():
@@ -94,8 +116,6 @@ def plan_and_preprocess(
     record = pre / PREPROCESS_RECORD
     inputs = {"dataset.json": raw / "dataset.json", "dataset_record": raw / DATASET_RECORD}
     inputs = {k: (v if v.is_file() else None) for k, v in inputs.items()}
-    if inputs["dataset.json"] is None:
-        raise InputError(f"{raw / 'dataset.json'}: missing (run hntseg build-dataset)")
     params = {
         "planner": PLANNER,
         "plans": PLANS,
@@ -298,6 +318,7 @@ def train(
     check_plan_options(gpu_memory_target, configuration, workers)
     # every check before any folder is created (a typo'd WORK must leave nothing behind)
     name = find_dataset(work, dataset_id)
+    check_built(Paths(Path(work)).raw / name)
     paths = set_environment(work, workers, create=False)
     splits = read_json(paths.preprocessed / name / "splits_final.json", "splits_final.json")
     folds = _folds(fold, len(splits))

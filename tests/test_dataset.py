@@ -503,3 +503,121 @@ def test_nnunet_accepts_compares_spacings_as_float32():
     assert nnunet_accepts(grid(1.0), grid(1.0 + 5e-6))
     assert not nnunet_accepts(grid(1.0 + 1.0009e-5), grid(1.0))
     assert not nnunet_accepts(grid(1.0), grid(1.0, (4, 4, 5)))
+
+
+# --------------------------------------------------------------------------- audit F
+
+
+@pytest.mark.parametrize("root", ["nnUNet_preprocessed", "nnUNet_results"])
+def test_id_used_in_preprocessed_or_results_under_another_name_is_refused(cohort, tmp_path, root):
+    """nnU-Net looks an id up in raw, preprocessed and results alike: only raw was checked,
+    so `Dataset004_Alpha` kept in preprocessed (or results) beside a new `Dataset004_Beta`
+    made every later nnU-Net call by id fail with a traceback."""
+    work = tmp_path / "w"
+    (work / root / "Dataset004_Alpha").mkdir(parents=True)
+    args = ["build-dataset", str(cohort), "--work", str(work), "--dataset-id", "4"]
+    for force in ([], ["--force"]):
+        result = runner.invoke(app, [*args, "--name", "Beta", "--folds", "3", *force])
+        _one_line_error(result, f"{root}/Dataset004_Alpha", "already used", "remove that folder")
+    assert not (work / "nnUNet_raw" / "Dataset004_Beta").exists()
+
+
+@pytest.mark.parametrize(
+    "made",
+    [
+        "nnUNet_preprocessed/Dataset009_HNTSMRG/dataset.json",
+        "nnUNet_results/Dataset009_HNTSMRG/nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres/"
+        "dataset.json",
+    ],
+)
+def test_same_name_preprocessed_or_trained_with_other_channels_is_refused(cohort, tmp_path, made):
+    """With the raw folder deleted but preprocessed data or a trained model kept (nnU-Net
+    copies dataset.json into both), a rebuild with other channels was accepted and `train`
+    then reused the old model's finished folds: a model of other channels, silently."""
+    work = tmp_path / "w"
+    old = {"channel_names": {"0": "T2"}, "hntseg": {"channels": ["t2"]}}
+    (work / made).parent.mkdir(parents=True)
+    (work / made).write_text(json.dumps(old))
+    args = ["build-dataset", str(_cohort_copy(cohort, tmp_path / "c")), "--work", str(work)]
+    args += ["--dataset-id", "9", "--folds", "3", "--no-pre-rt"]
+    for force in ([], ["--force"]):
+        result = runner.invoke(app, [*args, "--channels", "t2,gradmap", *force])
+        _one_line_error(result, made, "channels t2, not t2,gradmap", "remove")
+    assert not (work / "nnUNet_raw" / "Dataset009_HNTSMRG").exists()
+    result = runner.invoke(app, [*args, "--channels", "t2"])  # the same channels: built
+    assert result.exit_code == 0, result.output
+
+
+def test_train_refuses_a_dataset_whose_rebuild_was_killed(cohort, tmp_path, monkeypatch):
+    """A rebuild stopped half-way (record removed, some case files rewritten) was trained on
+    as it was: `build-dataset` never took it as up to date, but `train` did not ask."""
+    import hntseg.dataset
+    import hntseg.train
+
+    a = _cohort_copy(cohort, tmp_path / "a")
+    b = _cohort_copy(cohort, tmp_path / "b")
+    shutil.copy(
+        b / "1" / "midRT" / "1_midRT_mask.nii.gz",
+        b / "1" / "midRT" / "1_preRT_mask_registered.nii.gz",
+    )
+    work = tmp_path / "w"
+    build_dataset(a, work, 8, folds=3)
+    write_case, written = hntseg.dataset._write_case, []
+
+    def killed_after_one_case(case, *args):
+        if written:
+            raise KeyboardInterrupt  # as if the process stopped here
+        write_case(case, *args)
+        written.append(case.name)
+
+    monkeypatch.setattr(hntseg.dataset, "_write_case", killed_after_one_case)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(b, work, 8, folds=3)
+    monkeypatch.undo()
+    assert written == ["1_midRT"]
+
+    def nnunet_reached(*args, **kw):
+        raise AssertionError("planned a half-rebuilt dataset")
+
+    monkeypatch.setattr(hntseg.train, "_plan_and_preprocess", nnunet_reached)
+    with pytest.raises(InputError, match="run hntseg build-dataset"):
+        hntseg.train.plan_and_preprocess(work, 8)
+    args = ["train", "--work", str(work), "--dataset-id", "8", "--fold", "0", "--device", "cpu"]
+    _one_line_error(runner.invoke(app, args), "run hntseg build-dataset")
+    assert not (work / "nnUNet_results").exists()
+
+
+def test_record_splits_are_patient_ids_in_train_and_val(built):
+    """The record's splits listed `train` as patient ids but `val` as case names."""
+    record = json.loads((_raw(built) / "hntseg_dataset.record.json").read_text())
+    assert len(record["splits"]) == len(_splits(built)) == 5
+    for by_patient, cases in zip(record["splits"], _splits(built), strict=True):
+        for key in ("train", "val"):
+            assert by_patient[key] == sorted({c.rsplit("_", 1)[0] for c in cases[key]}, key=int)
+        assert not set(by_patient["train"]) & set(by_patient["val"])
+    assert sorted((p for s in record["splits"] for p in s["val"]), key=int) == list("12345")
+
+
+def test_empty_mask_warning_names_the_mask_file(cohort, tmp_path):
+    """An empty registered mask gives no boxes: the warning read `mask: no tumour voxels`,
+    without saying which of the cohort's masks."""
+    import logging
+
+    from hntseg.log import log
+
+    src = _cohort_copy(cohort, tmp_path / "c")
+    reg = src / "2" / "midRT" / "2_preRT_mask_registered.nii.gz"
+    image = sitk.ReadImage(str(reg))
+    empty = sitk.Image(image.GetSize(), image.GetPixelID())
+    empty.CopyInformation(image)
+    sitk.WriteImage(empty, str(reg))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log.addHandler(handler)
+    try:
+        build_dataset(src, tmp_path / "w", 10, folds=3, pre_rt=False)
+    finally:
+        log.removeHandler(handler)
+    empty_warnings = [r.getMessage() for r in records if "no tumour voxels" in r.getMessage()]
+    assert len(empty_warnings) == 1 and str(reg) in empty_warnings[0], empty_warnings

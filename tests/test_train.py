@@ -104,3 +104,55 @@ def test_auto_device_warns_when_a_gpu_node_falls_back_to_cpu(tmp_path, monkeypat
     assert len(warnings) == int(driver)
     if driver:
         assert "NVIDIA driver" in warnings[0] and "--device cuda" in warnings[0]
+
+
+class NnunetReached(Exception):
+    """Raised by the stubbed planning: the checks let the dataset through."""
+
+
+@pytest.mark.parametrize(
+    "dataset_json, record, refused",
+    [
+        ({"hntseg": {"channels": ["t2"]}}, False, True),  # hntseg's, its build unfinished
+        ({"hntseg": {"channels": ["t2"]}}, True, False),  # hntseg's, built
+        ({"channel_names": {"0": "T2"}}, False, False),  # made by hand: trained as it is
+        ({"hntseg": None, "channel_names": {"0": "T2"}}, False, False),
+    ],
+)
+def test_unfinished_build_is_refused_a_hand_made_dataset_is_not(
+    planned, monkeypatch, dataset_json, record, refused
+):
+    """`train` planned a raw dataset whose build record was gone (a build-dataset run stopped
+    half-way: case files of two builds) without a word. A dataset.json without hntseg's block
+    is a dataset made by hand (no record expected) and is still trained on."""
+    work, _ = planned
+    raw = work / "nnUNet_raw" / "Dataset011_x"
+    write_json(raw / "dataset.json", dataset_json)
+    if record:
+        write_json(raw / train_module.DATASET_RECORD, {"stage": "build-dataset"})
+
+    def nnunet(*args, **kw):
+        raise NnunetReached
+
+    monkeypatch.setattr(train_module, "_plan_and_preprocess", nnunet)
+    if refused:
+        with pytest.raises(InputError, match="did not finish.*rerun hntseg build-dataset"):
+            train_module.plan_and_preprocess(work, 11)
+        args = ["train", "--work", str(work), "--dataset-id", "11", "--fold", "0"]
+        assert "hntseg_dataset.record.json: missing" in _one_line(runner.invoke(app, args))
+    else:
+        with pytest.raises(NnunetReached):
+            train_module.plan_and_preprocess(work, 11)
+
+
+@pytest.mark.parametrize("root", ["nnUNet_preprocessed", "nnUNet_results"])
+def test_id_with_another_name_in_preprocessed_or_results_is_one_line(planned, root):
+    """nnU-Net finds an id in all three folders: a second name beside the raw dataset's
+    stopped it with `RuntimeError: More than one dataset name found` (a traceback, late)."""
+    work, _ = planned
+    (work / root / "Dataset011_old").mkdir(parents=True)
+    with pytest.raises(InputError, match="several datasets with id 11"):
+        train_module.plan_and_preprocess(work, 11)
+    args = ["train", "--work", str(work), "--dataset-id", "11", "--fold", "0"]
+    line = _one_line(runner.invoke(app, args))
+    assert "several datasets with id 11" in line and "Dataset011_old" in line
