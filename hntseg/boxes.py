@@ -297,7 +297,7 @@ def boxes_case(
     """Boxes for one mask file written to `out_path` with a record. Returns (boxes, ran);
     boxes is None when skipped because the record says the work is done. `t2_path`: the
     image the boxes are for; the mask must be on its grid (found here, not at gradmap)."""
-    from hntseg.records import is_done, record_path, write_record
+    from hntseg.records import check_record_owner, is_done, record_path, write_record
 
     mask_path, out_path = Path(mask_path), Path(out_path)
     margin = parse_margin(margin)
@@ -307,6 +307,7 @@ def boxes_case(
     if not out_path.name.lower().endswith(".json"):
         raise InputError(f"{out_path}: boxes are written as JSON; name the file *.json")
     check_outputs_apart({**inputs, "T2": t2_path}, (out_path, rec))
+    check_record_owner(rec, "boxes")
     if not force and is_done(rec, inputs, params):
         return None, False
     remove_stale(rec, [out_path])  # bad input now: no earlier boxes left for gradmap to take

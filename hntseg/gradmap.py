@@ -131,7 +131,7 @@ def gradmap_case(
     force: bool = False,
 ) -> bool:
     """One gradient map file with its record; False when skipped (already done)."""
-    from hntseg.records import is_done, record_path, write_record
+    from hntseg.records import check_record_owner, is_done, record_path, write_record
 
     check_params(sigma, gain, sigma_mm, context)  # before any file is read
     t2_path, boxes_file, out_path = Path(t2_path), Path(boxes_file), Path(out_path)
@@ -139,6 +139,7 @@ def gradmap_case(
     params = {"sigma": sigma, "gain": gain, "sigma_mm": sigma_mm, "context": context}
     rec = record_path(out_path)
     check_outputs_apart(inputs, (out_path, rec))
+    check_record_owner(rec, "gradmap")
     if not force and is_done(rec, inputs, params):
         return False
     remove_stale(rec, [out_path])  # a case that now fails leaves no earlier map behind

@@ -250,7 +250,7 @@ def qc_cohort(
     gradient map, the registered pre-RT mask and (if present) the mid-RT ground truth;
     pre-RT: the pre-RT T2 and mask. Failed cases are logged, then a StageError."""
     from hntseg.cohort import check_phases, discover, run_cases, shard
-    from hntseg.records import is_done, record_path, write_record
+    from hntseg.records import check_record_owner, is_done, record_path, write_record
 
     phases = check_phases(phases)
     cohort = Path(cohort)
@@ -290,6 +290,7 @@ def qc_cohort(
             if not inputs[key].is_file():
                 raise InputError(f"{inputs[key]}: {key} file not found")
         rec = record_path(target)
+        check_record_owner(rec, "qc")
         if not force and is_done(rec, inputs, {}):
             return False
         t2 = read_image(t2_path, "T2 image")

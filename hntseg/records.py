@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hntseg import __version__
+from hntseg.errors import InputError
 from hntseg.io import read_json, write_json
 
 TRACKED_PACKAGES = (
@@ -117,6 +118,24 @@ def record_path(output: str | Path) -> Path:
             name = name[: -len(suffix)]
             break
     return output.with_name(name + ".record.json")
+
+
+def check_record_owner(record: str | Path, stage: str) -> None:
+    """Refuse a record that another stage wrote for another output of the same stem
+    (`boxes -o x.json` and `gradmap -o x.nii.gz` both keep `x.record.json`): each would
+    overwrite the other's, and both would be redone on every run."""
+    record = Path(record)
+    try:
+        data = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        return  # unreadable: not done, and rewritten
+    other = data.get("stage") if isinstance(data, dict) else None
+    if isinstance(other, str) and other != stage:
+        outputs = data.get("outputs") or ["?"]
+        raise InputError(
+            f"{record}: already the record of {other}'s output {outputs[0]}; give this "
+            f"{stage} output another name"
+        )
 
 
 def write_record(

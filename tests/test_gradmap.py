@@ -406,3 +406,20 @@ def test_a_case_that_fails_leaves_no_earlier_map(prepared, tmp_path):
     with pytest.raises(InputError, match="malformed"):
         gradmap_case(t2, b, out)
     assert not out.exists() and not (tmp_path / "g.record.json").exists()
+
+
+def test_boxes_and_gradmap_outputs_of_one_stem_do_not_share_a_record(prepared, tmp_path):
+    """`boxes -o x.json` then `gradmap ... -o x.nii.gz`: both records would be x.record.json,
+    each overwriting the other's (and each redone on every run). The second is refused."""
+    cohort, _ = prepared
+    mask = cohort / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    t2 = cohort / "1" / "midRT" / "1_midRT_T2.nii.gz"
+    boxes = tmp_path / "x.json"
+    assert runner.invoke(app, ["boxes", str(mask), "-o", str(boxes)]).exit_code == 0
+    record = (tmp_path / "x.record.json").read_bytes()
+    result = runner.invoke(app, ["gradmap", str(t2), str(boxes), "-o", str(tmp_path / "x.nii.gz")])
+    _one_line_error(result, "already the record of boxes")
+    assert (tmp_path / "x.record.json").read_bytes() == record
+    assert not (tmp_path / "x.nii.gz").exists()
+    result = runner.invoke(app, ["gradmap", str(t2), str(boxes), "-o", str(tmp_path / "g.nii.gz")])
+    assert result.exit_code == 0, result.output
