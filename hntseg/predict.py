@@ -28,10 +28,13 @@ from hntseg.errors import InputError, StageError
 from hntseg.io import (
     Grid,
     check_not_constant,
+    check_out_folder,
+    check_outputs_apart,
     check_same_grid,
     image_suffix,
     read_image,
     read_mask,
+    remove_stale,
     strip_suffix,
     write_image,
 )
@@ -182,6 +185,11 @@ def _ready_cases(folder: Path, channels: Sequence[str]) -> list[PredictCase]:
                 raise InputError(f"{path}: missing channel {i} ({ch}) of case {case}")
             files[ch] = path
         out_id = case[: -len("_midRT")] if case.endswith("_midRT") else case
+        same = next((c for c in cases if c.id == out_id), None)
+        if same is not None:  # both would be written to OUT/<id>.nii.gz
+            raise InputError(
+                f"{first}: case {case} and {same.t2.name} both give the output {out_id}.nii.gz"
+            )
         cases.append(PredictCase(out_id, files["t2"], files))
     return cases
 
@@ -243,8 +251,11 @@ def _cohort_cases(
     return cases
 
 
-def _cached_gradmap(case: PredictCase, t2: sitk.Image, margin: int, cache: Path) -> sitk.Image:
-    """The inference gradient map (fixed margin), cached with a record."""
+def _cached_gradmap(
+    case: PredictCase, t2: sitk.Image, margin: int, cache: Path, force: bool = False
+) -> sitk.Image:
+    """The inference gradient map (fixed margin), cached with a record (`force`: made
+    again); a cached file that is damaged is made again too."""
     from hntseg.boxes import find_boxes
     from hntseg.gradmap import gradient_map
 
@@ -253,8 +264,11 @@ def _cached_gradmap(case: PredictCase, t2: sitk.Image, margin: int, cache: Path)
     rec = cache / f"{case.id}_midRT_gradmap.record.json"
     inputs = {"t2": case.t2, "registered_mask": mask_path}
     params = {"margin": margin, "sigma": 1.0, "gain": 2.0}
-    if is_done(rec, inputs, params):
-        return sitk.ReadImage(str(out))
+    if not force and is_done(rec, inputs, params):
+        try:
+            return read_image(out, "cached gradient map")
+        except InputError as exc:
+            log.warning(f"{exc}; made again")
     mask = read_mask(mask_path, "registered pre-RT mask")
     check_same_grid(t2, mask, mask_path, case.t2)
     image = gradient_map(t2, find_boxes(mask, margin, seed=None, source=str(mask_path)))
@@ -265,9 +279,10 @@ def _cached_gradmap(case: PredictCase, t2: sitk.Image, margin: int, cache: Path)
 
 
 def load_case(
-    case: PredictCase, channels: Sequence[str], margin: int, cache: Path
+    case: PredictCase, channels: Sequence[str], margin: int, cache: Path, force: bool = False
 ) -> tuple[sitk.Image, np.ndarray, dict[str, Any]]:
-    """(mid-RT T2, channels array (c, z, y, x) float32, nnU-Net image properties)."""
+    """(mid-RT T2, channels array (c, z, y, x) float32, nnU-Net image properties);
+    `force` makes a cached gradient map again."""
     t2 = read_image(case.t2, "mid-RT T2")
     check_not_constant(t2, case.t2, "mid-RT T2")
     arrays = []
@@ -275,7 +290,7 @@ def load_case(
         if ch == "t2":
             image = t2
         elif ch == "gradmap" and case.gradmap_from_mask:
-            image = _cached_gradmap(case, t2, margin, cache)
+            image = _cached_gradmap(case, t2, margin, cache, force)
         elif ch == "pre_mask_registered":
             image = read_mask(case.files[ch], "registered pre-RT mask")
         else:
@@ -463,6 +478,7 @@ def ensemble_predict(
     src, out = Path(input), Path(out)
     if not src.is_dir():
         raise InputError(f"{src}: input folder not found")
+    check_out_folder(out)  # before the model is loaded: a typo'd --out costs nothing
     ready = any(strip_suffix(p).endswith("_0000") for p in src.iterdir() if p.is_file())
     if ready:
         cases = _select_ids(_ready_cases(src, channels), ids, src)
@@ -493,6 +509,7 @@ def ensemble_predict(
         rec = out / ".records" / f"{case.id}.record.json"
         if not force and is_done(rec, inputs, params):
             continue
+        check_outputs_apart(inputs, (out_path,))
         todo.append((case, out_path, inputs, rec))
     outputs = [out / f"{c.id}.nii.gz" for c in cases]
     if not todo:
@@ -506,10 +523,11 @@ def ensemble_predict(
     failed: list[str] = []
     for case, out_path, inputs, rec in progress(todo, "ensemble-predict"):
         try:
-            t2, data, props = load_case(case, channels, margin, cache_dir)
+            # a case that now fails keeps no mask of an earlier run (evaluate would score it)
+            remove_stale(rec, [out_path])
+            t2, data, props = load_case(case, channels, margin, cache_dir, force)
             with quiet_stdout():
                 seg = model.predict(data, props)
-            rec.unlink(missing_ok=True)  # killed between the writes: no old record vouches
             _write_prediction(seg, t2, out_path)
             write_record(rec, "ensemble-predict", inputs, params, [out_path])
         except InputError as exc:
@@ -564,6 +582,8 @@ def challenge_predict(
             raise InputError(f"{sub}: expected one .mha file, found {len(found)}")
         files[ch] = found[0]
     case = PredictCase("output", files["t2"], files, gradmap_from_mask="gradmap" in channels)
+    out_path = Path(output_root) / CHALLENGE_OUTPUT
+    check_out_folder(out_path.parent, "--output-root")  # before the model load, not after
     set_environment(work, workers=None, create=False)  # before nnunetv2 is imported
     torch_device = select_device(device)
     _announce("ensemble-predict (challenge)", torch_device, folds, folder, tta, cpu_bf16)
@@ -572,6 +592,5 @@ def challenge_predict(
     with quiet_stdout():
         model = Ensemble(folder, folds, torch_device, tta, ensemble, cpu_bf16=cpu_bf16)
         seg = model.predict(data, props)
-    out_path = Path(output_root) / CHALLENGE_OUTPUT
     _write_prediction(seg, t2, out_path)
     return out_path

@@ -393,3 +393,96 @@ def test_cpu_bf16_without_native_support_warns(tmp_path, monkeypatch):
             assert warned is (native is False), (native, seen)
     finally:
         log.removeHandler(handler)
+
+
+# ----------------------------------------------------------------- audit of 2026-12-03
+
+
+@pytest.mark.parametrize("form", ["challenge", "cohort"])
+def test_output_folder_under_a_file_is_one_line_before_the_model(tmp_path, work, form):
+    """An --out (--output-root) under a regular file was a traceback after the model load
+    (and, for ready channel files, after the whole prediction)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = challenge_args(work, tmp_path) if form == "challenge" else cohort_args(work, tmp_path)
+    flag = "--output-root" if form == "challenge" else "--out"
+    args[args.index(flag) + 1] = str(afile / "o")
+    assert_one_line_error(invoke(args), "exists and is not a folder")  # HeavyWork otherwise
+
+
+def test_two_ready_cases_with_one_output_id_are_refused(tmp_path, work):
+    """`41_midRT_0000` and `41_0000` both give OUT/41.nii.gz: one silently overwrote the
+    other, and both were predicted again on every run."""
+    args = cohort_args(work, tmp_path)
+    ready = Path(args[0])
+    for i in range(2):
+        (ready / f"case_midRT_{i:04d}.nii.gz").write_bytes(
+            (ready / f"case_{i:04d}.nii.gz").read_bytes()
+        )
+    assert_one_line_error(invoke(args), "both give the output case.nii.gz")
+
+
+def test_challenge_refuses_options_it_would_ignore(tmp_path, work):
+    args = challenge_args(work, tmp_path)
+    assert_one_line_error(invoke(args + ["--out", str(tmp_path / "o")]), "takes no --out")
+    assert_one_line_error(invoke([str(tmp_path), *args, "--force"]), "INPUT, --force")
+
+
+class FakeEnsemble:
+    """Predicts label 1 wherever the gradient-map channel is above 0.5 (no nnU-Net)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def predict(self, data, props):
+        return (data[1] > 0.5).astype(np.uint8)
+
+
+@pytest.fixture
+def fake_network(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(predict, "select_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(predict, "Ensemble", FakeEnsemble)
+
+
+def _cohort(root: Path) -> Path:
+    t2 = np.random.default_rng(2).random((6, 16, 16)).astype(np.float32) * 100
+    mask = np.zeros((6, 16, 16), np.uint8)
+    mask[2:4, 5:9, 5:9] = 1
+    write_image(root / "1" / "midRT" / "1_midRT_T2.nii.gz", t2)
+    write_image(root / "1" / "midRT" / "1_preRT_mask_registered.nii.gz", mask)
+    return root
+
+
+def test_a_case_that_fails_on_a_rerun_keeps_no_earlier_mask(tmp_path, work, fake_network):
+    """The registered mask turns bad after a finished prediction: the case fails and its
+    old mask (which evaluate would have scored) and record are gone."""
+    cohort = _cohort(tmp_path / "c")
+    out = tmp_path / "p"
+    base = [str(cohort), "--work", str(work), "--dataset-id", str(DID), "--out", str(out)]
+    assert invoke(base + ["--device", "cpu"]).exit_code == 0
+    assert (out / "1.nii.gz").is_file()
+    bad = np.zeros((6, 16, 16), np.uint8)
+    bad[2:4, 5:9, 5:9] = 5
+    write_image(cohort / "1" / "midRT" / "1_preRT_mask_registered.nii.gz", bad)
+    result = invoke(base + ["--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert not (out / "1.nii.gz").exists() and not (out / ".records" / "1.record.json").exists()
+
+
+def test_a_damaged_cached_gradient_map_is_made_again(tmp_path, work, fake_network):
+    """A cut-short cached map was read as it was (ITK fills the rest), and --force did not
+    make it again: the same inputs gave another mask."""
+    cohort = _cohort(tmp_path / "c")
+    out = tmp_path / "p"
+    base = [str(cohort), "--work", str(work), "--dataset-id", str(DID), "--out", str(out)]
+    assert invoke(base + ["--device", "cpu"]).exit_code == 0
+    first = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "1.nii.gz")))
+    cached = out / ".cache" / "1_midRT_gradmap.nii.gz"
+    good = cached.read_bytes()
+    cached.write_bytes(good[: len(good) // 3])
+    assert invoke(base + ["--device", "cpu", "--force"]).exit_code == 0
+    again = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "1.nii.gz")))
+    assert np.array_equal(first, again) and first.any()
+    assert cached.read_bytes() == good

@@ -66,6 +66,24 @@ def add(app: typer.Typer) -> None:
             ) from None
 
         if challenge:
+            ignored = [
+                name
+                for name, value in (
+                    ("INPUT", input),
+                    ("--out", out),
+                    ("--registered", registered),
+                    ("--gradmaps", gradmaps),
+                    ("--ids", ids),
+                    ("--num-parts", num_parts != 1),
+                    ("--force", force),
+                )
+                if value
+            ]
+            if ignored:  # the container's layout is fixed: say so rather than drop them
+                raise InputError(
+                    f"--challenge reads --input-root and writes --output-root; it takes no "
+                    f"{', '.join(ignored)}"
+                )
             path = challenge_predict(
                 work,
                 dataset_id,
