@@ -13,12 +13,21 @@ def one_line(exc: BaseException) -> str:
         return f"stopped by {'SIGTERM' if isinstance(exc, Terminated) else 'Ctrl-C'}"
     for ln in lines:
         if ln.lower().startswith("description:"):
-            return ln.split(":", 1)[1].strip()[:300]
+            return _itk_message(ln.split(":", 1)[1].strip())[:300]
     for ln in lines:
-        found = re.search(r"ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.+)", ln)
-        if found:
-            return found.group(1)[:300]
+        if "ERROR:" in ln:
+            return _itk_message(ln)[:300]
     return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _itk_message(line: str) -> str:
+    """An ITK error line without its 'ITK ERROR: Class(0x...):' / 'ERROR:' prefixes."""
+    prefix = re.compile(r"^.*?ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?")
+    while True:
+        shorter = prefix.sub("", line, count=1).strip()
+        if shorter == line or not shorter:
+            return line
+        line = shorter
 
 
 class HntsegError(Exception):

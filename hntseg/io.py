@@ -131,9 +131,11 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (indented, sorted keys for stable bytes)."""
+    """Write JSON atomically (indented, sorted keys for stable bytes; NaN and infinities as
+    null, so that strict parsers read it)."""
     return write_text(
-        path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+        path,
+        json.dumps(nan_to_null(data), indent=2, sort_keys=True, default=_json_default) + "\n",
     )
 
 
@@ -143,7 +145,7 @@ def nan_to_null(obj: Any) -> Any:
         return {k: nan_to_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [nan_to_null(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
         return None
     return obj
 

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import SimpleITK as sitk
 
-from hntseg.cohort import discover, expected_path, shard
+from hntseg.cohort import SUFFIXES, discover, expected_path, shard
 from hntseg.errors import InputError, StageError, one_line
 from hntseg.io import (
     LABEL_NAMES,
@@ -50,11 +50,12 @@ from hntseg.io import (
     read_mask,
     resample_to,
     write_image,
+    write_json,
     write_text,
 )
 from hntseg.log import log, progress
 from hntseg.machine import available_cpus
-from hntseg.records import case_seed, is_done, write_record
+from hntseg.records import case_seed, file_digest, is_done, write_record
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PRESETS = ("fast", "challenge")
@@ -117,12 +118,23 @@ def read_parameter_file(path: str | Path) -> ParameterMap:
             out.append(ch)
         lines.append("".join(out))
     params: ParameterMap = {}
-    for entry in _ENTRY.findall("\n".join(lines)):
+    for number, line in enumerate(lines, 1):
+        # elastix reads one "(Name value ...)" per line; anything else it refuses, and a
+        # lenient reading here would drop the entry and let elastix use its default
+        entry = line.strip()
+        if not entry:
+            continue
+        found = _ENTRY.fullmatch(entry)
         tokens = [
-            m.group(1) if m.group(1) is not None else m.group(2) for m in _TOKEN.finditer(entry)
+            m.group(1) if m.group(1) is not None else m.group(2)
+            for m in _TOKEN.finditer(found.group(1) if found else "")
         ]
-        if tokens:
-            params[tokens[0]] = tokens[1:]
+        if not found or entry.count('"') % 2 or len(tokens) < 2 or '"' in "".join(tokens):
+            raise InputError(
+                f"{path}:{number}: not an elastix entry {entry[:60]!r}; expected "
+                '(Name value ...), strings in "quotes"'
+            )
+        params[tokens[0]] = tokens[1:]
     if "Transform" not in params:
         raise InputError(f"{path}: not an elastix parameter file (no (Transform ...) entry)")
     return params
@@ -591,6 +603,14 @@ def _check_outputs_apart(
             f"--out {out}: is the cohort {inputs['midRT_T2']} comes from; registering there "
             f"would replace its {case_id}_preRT_*_registered files; choose another folder"
         )
+    # any cohort (this case's or not): one holding patient <case_id>'s mid-RT T2 keeps the
+    # organizers' registered files beside it, which these outputs would replace
+    theirs = [paths["t2"].parent / f"{case_id}_midRT_T2{suffix}" for suffix in SUFFIXES]
+    if any(p.is_file() for p in theirs):
+        raise InputError(
+            f"--out {out}: is a cohort (patient {case_id} has a mid-RT T2 there); registering "
+            f"there would replace its {case_id}_preRT_*_registered files; choose another folder"
+        )
 
 
 def _elastix_files(folder: Path) -> list[Path]:
@@ -682,6 +702,7 @@ def _plan_case(
     """register_case's checks, up to whether the case is done (InputError when bad); shared
     with register_cohort, which skips done cases before it starts a pool."""
     case_id = check_case_id(case_id)
+    check_out_folder(out)
     if maps is None:
         maps = check_options(method, preset, params, threads)
     else:
@@ -708,13 +729,44 @@ def _plan_case(
     return _CasePlan(case_id, inputs, paths, case_maps, fingerprint_params)
 
 
-def _skipped_result(case_id: str, record: Path) -> CaseResult:
-    """A done case, with the quality figures its record holds (a rerun still reports them)."""
+def _mask_key(mid_mask: str | Path | None) -> dict[str, str] | None:
+    """Which mid-RT mask a Dice check was made with (path and content)."""
+    if mid_mask is None:
+        return None
+    return {"path": str(mid_mask), "sha256": file_digest(mid_mask)}
+
+
+def _refresh_dice(
+    record: Path, data: dict[str, Any], plan: _CasePlan, mid_mask: str | Path | None
+) -> dict[str, Any]:
+    """A done case whose mid-RT mask is not the one its Dice was made with (added, removed
+    or changed; the mask is a check, not an input of the registration): the Dice again,
+    from the outputs, and the record updated. Returns the record's data."""
+    dice = None
+    if mid_mask is not None:
+        fixed = read_image(plan.inputs["midRT_T2"], "mid-RT T2")
+        gt = _read_mid_mask(mid_mask, fixed, plan.inputs["midRT_T2"])
+        dice = {"registered": dice_per_label(read_mask(plan.paths["mask"]), gt)}
+        if "preRT_mask" in plan.inputs:
+            pre = read_mask(plan.inputs["preRT_mask"], "pre-RT mask")
+            dice["identity"] = dice_per_label(resample_to(pre, Grid.of(fixed), nearest=True), gt)
+    data = {**data, "dice_to_midRT_mask": dice, "dice_mid_mask": _mask_key(mid_mask)}
+    write_json(record, data)
+    return data
+
+
+def _skipped_result(
+    case_id: str, record: Path, plan: _CasePlan | None = None, mid_mask: str | Path | None = None
+) -> CaseResult:
+    """A done case, with the quality figures its record holds (a rerun still reports them);
+    with its `plan`, the Dice is made again when the mid-RT mask is not the record's."""
     try:
         data = read_json(record, "register record")
     except InputError:
         data = {}
     extra = data if isinstance(data, dict) else {}
+    if plan is not None and extra and extra.get("dice_mid_mask") != _mask_key(mid_mask):
+        extra = _refresh_dice(record, extra, plan, mid_mask)
     sim, dice = extra.get("similarity"), extra.get("dice_to_midRT_mask")
     return CaseResult(
         case_id,
@@ -738,7 +790,7 @@ def _skipped(task: Mapping[str, Any]) -> CaseResult | None:
     try:
         case = _plan_case(**_plan_args(task))
         if is_done(case.paths["record"], case.inputs, case.params):
-            return _skipped_result(case.case_id, case.paths["record"])
+            return _skipped_result(case.case_id, case.paths["record"], case, task["mid_mask"])
     except Exception:
         return None
     return None
@@ -788,9 +840,10 @@ def register_case(
         "force": force,
         "maps": maps,
     }
-    case_id, inputs, paths, case_maps, fingerprint_params = _plan_case(**_plan_args(task))
+    plan = _plan_case(**_plan_args(task))
+    case_id, inputs, paths, case_maps, fingerprint_params = plan
     if not force and is_done(paths["record"], inputs, fingerprint_params):
-        return _skipped_result(case_id, paths["record"])
+        return _skipped_result(case_id, paths["record"], plan, mid_mask)
     if isolate:
         return _case_in_worker(task)
     try:
@@ -825,6 +878,8 @@ def _register_case(
     mid_mask: str | Path | None,
 ) -> CaseResult:
     """register_case's work on checked inputs: compute and check everything, then write."""
+    if method == "elastix":
+        import itk  # noqa: F401 (about 10 s the first time in a process: not the case's runtime)
     start = time.perf_counter()
     mid_t2 = inputs["midRT_T2"]
     threads_used = threads
@@ -866,10 +921,15 @@ def _register_case(
                 logfile = Path(tmp) / "elastix.log"
                 try:
                     chain = elastix_register(fixed, moving, maps or [], initial, threads, Path(tmp))
-                except Exception:
-                    if logfile.is_file():  # not an output: what went wrong, for the user
-                        write_text(paths["failed_log"], logfile.read_text(errors="replace"))
-                    raise
+                except Exception as exc:
+                    if not logfile.is_file():
+                        raise
+                    # not an output: what went wrong, for the user; elastix's own exception
+                    # only says "see elastix log"
+                    text = logfile.read_text(errors="replace")
+                    write_text(paths["failed_log"], text)
+                    reason = one_line(RuntimeError(text)) if "ERROR" in text else one_line(exc)
+                    raise RuntimeError(f"elastix: {reason} (log: {paths['failed_log']})") from exc
                 if logfile.is_file():
                     elastix_log = logfile.read_text(errors="replace")
                 warped = transformix(moving, chain, grid, nearest=False)
@@ -881,6 +941,11 @@ def _register_case(
             if not after <= before:  # nearest neighbour can only copy labels
                 raise RuntimeError(f"registered mask has labels {sorted(map(int, after - before))}")
 
+    if method != "provided" and not array(warped_mask).any():
+        log.warning(
+            f"case {case_id}: the registered mask has no tumour voxels left; does the pre-RT "
+            "scan overlap the mid-RT scan? (check the record's similarity)"
+        )
     sim: dict[str, Any] = {"registered": similarity(fixed, warped)}
     if identity_t2 is not None:
         sim["identity"] = similarity(fixed, identity_t2)
@@ -914,6 +979,7 @@ def _register_case(
             "rigid_euler3d": rigid_info,
             "similarity": sim,
             "dice_to_midRT_mask": dice,
+            "dice_mid_mask": _mask_key(mid_mask),
             "note": "similarity: mid-RT T2 vs pre-RT T2 resampled without deformation "
             "(identity) and registered; Dice to the mid-RT mask is a check, not a truth "
             "(tumours shrink between the scans)",

@@ -594,9 +594,14 @@ def test_elastix_failure_keeps_its_log_for_debugging(small, tmp_path, monkeypatc
     """A failed elastix run leaves no outputs but its log, which a later run removes."""
     import hntseg.register as reg
 
+    log_text = (
+        "Error occurred.\nDescription: ITK ERROR: ElastixMain(0x5562): The following "
+        "component could not be created: NoSuchMetric\n"
+    )
+
     def broken(fixed, moving, maps, initial, threads, workdir):
-        (workdir / "elastix.log").write_text("elastix: too many samples map outside")
-        raise RuntimeError("elastix failed")
+        (workdir / "elastix.log").write_text(log_text)
+        raise RuntimeError("Internal elastix error: See elastix log (use LogToConsoleOn())")
 
     monkeypatch.setattr(reg, "elastix_register", broken)
     p = small / "1"
@@ -607,10 +612,12 @@ def test_elastix_failure_keeps_its_log_for_debugging(small, tmp_path, monkeypatc
         out=tmp_path / "o",
         case_id="1",
     )
-    with pytest.raises(RuntimeError):
-        reg.register_case(**args)
     log_file = tmp_path / "o" / "1" / "elastix.failed.log"
-    assert log_file.read_text() == "elastix: too many samples map outside"
+    # the reason from elastix's log, and where the log is (not "use LogToConsoleOn()")
+    reason = "The following component could not be created: NoSuchMetric"
+    with pytest.raises(RuntimeError, match=f"elastix: {reason} \\(log: {log_file}\\)"):
+        reg.register_case(**args)
+    assert log_file.read_text() == log_text
     assert sorted(p.name for p in (tmp_path / "o" / "1").rglob("*")) == ["elastix.failed.log"]
     reg.register_case(**args, method="identity")
     assert not log_file.exists()
@@ -880,3 +887,105 @@ def test_ctrl_c_stops_a_single_case_at_once(tmp_path):
     assert proc.returncode == 130, err
     assert "error: stopped by Ctrl-C" in err and "Traceback" not in err, err
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+# --------------------------------------------------------------------------- audit of 2026-12-03
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(MaximumNumberOfIterations 250",  # no closing bracket: the entry was dropped
+        "MaximumNumberOfIterations 50",  # no brackets
+        '(Metric "AdvancedMattesMutualInformation)',  # unmatched quote
+        "(NumberOfHistogramBins)",  # no value: elastix's default was used
+    ],
+)
+def test_a_malformed_parameter_line_is_one_error_naming_the_line(tmp_path, text):
+    """elastix refuses these lines; the old reader skipped them and ran with its defaults."""
+    from hntseg.errors import InputError
+    from hntseg.register import preset_path, read_parameter_file
+
+    path = tmp_path / "p.txt"
+    lines = preset_path("fast").read_text().splitlines()
+    path.write_text("\n".join([*lines[:3], text, *lines[3:]]) + "\n")
+    with pytest.raises(InputError, match=f"{path}:4: not an elastix entry"):
+        read_parameter_file(path)
+    out = str(tmp_path / "o")
+    args = ["register", *_case_args(tmp_path), "--out", out, "--id", "1", "--params", str(path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "not an elastix entry" in result.output
+
+
+def test_single_case_into_another_patients_cohort_is_refused(small, tmp_path):
+    """Patient 1's files with --id 2 into the cohort replaced patient 2's organizers' files."""
+    cohort = _copy_cohort(small, tmp_path / "cohort")
+    before = {f: _digest(cohort / f) for f in _files(cohort)}
+    args = ["register", *_case_args(cohort), "--out", str(cohort), "--id", "2"]
+    _one_line_error(runner.invoke(app, [*args, "--method", "identity"]), 2, "is a cohort")
+    assert {f: _digest(cohort / f) for f in _files(cohort)} == before
+    out_file = tmp_path / "afile"
+    out_file.write_text("")
+    args = ["register", *_case_args(cohort), "--out", str(out_file), "--id", "1"]
+    _one_line_error(runner.invoke(app, [*args, "--method", "identity"]), 2, "not a folder")
+
+
+def test_the_dice_follows_the_mid_rt_mask_given_now(small, tmp_path):
+    """The mid-RT mask is a check, not an input of the registration: a case done without it
+    (or with another) reported the old Dice, or none, on a rerun. It is made again from the
+    outputs, and the record updated, without registering again."""
+    from hntseg.register import register_case
+
+    p = small / "1"
+    args = dict(
+        pre_t2=p / "preRT" / "1_preRT_T2.nii.gz",
+        pre_mask=p / "preRT" / "1_preRT_mask.nii.gz",
+        mid_t2=p / "midRT" / "1_midRT_T2.nii.gz",
+        out=tmp_path / "o",
+        case_id="1",
+        method="identity",
+    )
+    first = register_case(**args)
+    assert first.status == "ok" and first.dice_to_midRT is None
+    mask = tmp_path / "o" / "1" / "midRT" / "1_preRT_mask_registered.nii.gz"
+    stamp = mask.stat().st_mtime_ns
+    again = register_case(**args, mid_mask=p / "midRT" / "1_midRT_mask.nii.gz")
+    assert again.status == "skipped" and mask.stat().st_mtime_ns == stamp
+    full = register_case(**args, mid_mask=p / "midRT" / "1_midRT_mask.nii.gz", force=True)
+    assert again.dice_to_midRT == full.dice_to_midRT and full.dice_to_midRT["registered"]
+    record = read_json(tmp_path / "o" / "1" / "register.record.json")
+    assert record["dice_to_midRT_mask"] == full.dice_to_midRT
+    assert register_case(**args).dice_to_midRT is None  # and without it again
+
+
+def test_a_pre_rt_scan_beside_the_mid_rt_scan_warns_and_its_record_is_strict_json(
+    small, tmp_path, caplog
+):
+    """No overlap: the registered mask lost every label (a warning, not a silent "ok"), and
+    the record's NaN similarity is null, not the bare NaN strict JSON parsers refuse."""
+    import json
+    import logging
+
+    from hntseg.log import log
+    from hntseg.register import register_case
+
+    p = small / "1"
+    far = sitk.ReadImage(str(p / "preRT" / "1_preRT_T2.nii.gz"))
+    far_mask = sitk.ReadImage(str(p / "preRT" / "1_preRT_mask.nii.gz"))
+    for image in (far, far_mask):
+        image.SetOrigin((5000.0, 5000.0, 5000.0))
+    sitk.WriteImage(far, str(tmp_path / "t2.nii.gz"))
+    sitk.WriteImage(far_mask, str(tmp_path / "m.nii.gz"))
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=log.name):
+            result = register_case(
+                tmp_path / "t2.nii.gz", tmp_path / "m.nii.gz", p / "midRT" / "1_midRT_T2.nii.gz",
+                tmp_path / "o", "1", method="identity",
+            )  # fmt: skip
+    finally:
+        log.removeHandler(caplog.handler)
+    assert result.status == "ok"
+    assert "no tumour voxels left" in caplog.text
+    text = (tmp_path / "o" / "1" / "register.record.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the record"))
