@@ -328,7 +328,7 @@ def test_failed_case_leaves_none_of_its_outputs(small, tmp_path, monkeypatch, re
 
     monkeypatch.setattr(reg, "elastix_register", fake)
     result = runner.invoke(app, args)
-    _one_line_error(result, 1, "case p1 failed: Too many samples map outside")
+    _one_line_error(result, 1, "case p1 failed: elastix: Too many samples map outside (log: ")
     # no outputs; only elastix's log, kept for debugging
     assert [p.name for p in (out / "p1").rglob("*")] == ["elastix.failed.log"]
     assert sorted(p.name for p in out.iterdir()) == ["2", "p1"]
